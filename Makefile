@@ -1,0 +1,15 @@
+# Two entry points for a fresh clone; both set up .venv themselves.
+.PHONY: demo test lint setup
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	@.venv/bin/pointtrack demo $(ARGS)
+
+test: setup
+	@.venv/bin/ruff check src tests benchmarks
+	@bash scripts/test.sh $(ARGS)
+
+lint: setup
+	@.venv/bin/ruff check src tests benchmarks

@@ -1,0 +1,196 @@
+"""The one tracker interface, and the input checks every engine shares."""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..tracks import Tracks
+from ..video import Clip, read_clip
+
+
+class PromptError(ValueError):
+    """Queries, grid size or mask that cannot be tracked (names the problem)."""
+
+
+@dataclass
+class Prompt:
+    """Checked tracking prompt, in the pixels of the clip's frames (not source pixels).
+
+    ``queries`` is ``(N, 3)`` as (t, x, y) with t a row of the clip; None for grid mode.
+    """
+
+    grid_size: int = 0
+    queries: np.ndarray | None = None
+    segm_mask: np.ndarray | None = None
+    grid_query_frame: int = 0
+    backward_tracking: bool = False
+
+
+VideoLike = Any  # a path, a Clip, a uint8 array (T, H, W, 3) or a tensor of the same layout
+
+
+def as_clip(video: VideoLike, size: tuple[int, int] | None = None, **sampling) -> Clip:
+    """A `Clip` from a path (decoded, resized to ``size`` (W, H) at decode time), a `Clip`, or
+    frames ``(T, H, W, 3)`` uint8 (numpy or torch)."""
+    if isinstance(video, Clip):
+        return video
+    if isinstance(video, str | os.PathLike):
+        return read_clip(video, size=size, **sampling)
+    if hasattr(video, "detach"):  # torch tensor
+        video = video.detach().cpu().numpy()
+    frames = np.asarray(video)
+    if frames.ndim == 3:  # single grayscale-less frame (H, W, 3) -> one-frame clip
+        frames = frames[None]
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise PromptError(f"video array must be (T, H, W, 3), got {frames.shape}")
+    if frames.shape[0] == 0:
+        raise PromptError("video array has zero frames")
+    if frames.dtype != np.uint8:
+        if np.issubdtype(frames.dtype, np.floating) and frames.max(initial=0) <= 1.0:
+            frames = frames * 255.0
+        frames = np.clip(frames, 0, 255).astype(np.uint8)
+    T, H, W = frames.shape[:3]
+    return Clip(frames=frames, frame_numbers=np.arange(T), fps=0.0, source_size=(W, H))
+
+
+def check_prompt(
+    clip: Clip,
+    *,
+    grid_size: int = 0,
+    queries: Any = None,
+    segm_mask: Any = None,
+    grid_query_frame: int = 0,
+    backward_tracking: bool = False,
+) -> Prompt:
+    """Validate a prompt against the clip; queries come in source pixels (t = clip row) and
+    leave in the clip's frame pixels. Raises `PromptError` naming the problem."""
+    T = clip.num_frames
+    W, H = clip.source_size
+    if isinstance(grid_size, bool) or not isinstance(grid_size, int | np.integer):
+        raise PromptError(f"grid size must be an integer, got {grid_size!r}")
+    if grid_size < 0:
+        raise PromptError(f"grid size must be >= 0, got {grid_size}")
+    if not 0 <= grid_query_frame < T:
+        raise PromptError(f"grid query frame {grid_query_frame} is outside the clip (0..{T - 1})")
+    q = None
+    if queries is not None:
+        if hasattr(queries, "detach"):
+            queries = queries.detach().cpu().numpy()
+        q = np.asarray(queries, dtype=np.float64)
+        if q.ndim != 2 or q.shape[1] != 3:
+            raise PromptError(f"queries must be (N, 3) rows of (t, x, y), got shape {q.shape}")
+        if len(q) == 0:
+            raise PromptError("queries are empty")
+        if not np.isfinite(q).all():
+            raise PromptError("queries contain NaN or infinite values")
+        t = q[:, 0]
+        if (t != np.round(t)).any() or (t < 0).any() or (t >= T).any():
+            bad = q[(t != np.round(t)) | (t < 0) | (t >= T)][0]
+            raise PromptError(f"query frame {bad[0]:g} is outside the clip's frames (0..{T - 1})")
+        outside = (q[:, 1] < 0) | (q[:, 1] > W - 1) | (q[:, 2] < 0) | (q[:, 2] > H - 1)
+        if outside.any():
+            bad = q[outside][0]
+            raise PromptError(
+                f"query point ({bad[1]:g}, {bad[2]:g}) is outside the {W}x{H} frame"
+            )
+        q = q.copy()
+        q[:, 1:] = clip.to_frame_pixels(q[:, 1:])
+        q = q.astype(np.float32)
+    mask = None
+    if segm_mask is not None:
+        if hasattr(segm_mask, "detach"):
+            segm_mask = segm_mask.detach().cpu().numpy()
+        mask = np.asarray(segm_mask)
+        if mask.ndim == 3:
+            mask = mask[..., 0]
+        if mask.shape != (H, W):
+            raise PromptError(
+                f"mask is {mask.shape[1] if mask.ndim > 1 else '?'}x{mask.shape[0]}, "
+                f"the video is {W}x{H}"
+            )
+        mask = mask > 0
+        if not mask.any():
+            raise PromptError("mask is empty (no pixel set)")
+    if q is None and grid_size == 0:
+        raise PromptError("nothing to track: give a grid size > 0, queries, or a mask")
+    if q is not None and mask is not None:
+        raise PromptError("give either queries or a mask, not both")
+    return Prompt(grid_size, q, mask, int(grid_query_frame), bool(backward_tracking))
+
+
+def grid_points(
+    size: tuple[int, int], grid_size: int, mask: np.ndarray | None = None
+) -> np.ndarray:
+    """``(N, 2)`` points (x, y) of a ``grid_size`` x ``grid_size`` grid over a (W, H) frame,
+    with a margin of W/64, row by row (CoTracker's grid when (W, H) is the model size); restricted to ``mask`` (H, W) if given (mask in any resolution:
+    looked up by nearest pixel)."""
+    W, H = size
+    if grid_size == 1:
+        xy = np.array([[W / 2.0, H / 2.0]], dtype=np.float32)
+    else:
+        margin = W / 64.0  # CoTracker's convention: a margin of W/64 on every side
+        ys = np.linspace(margin, H - margin, grid_size, dtype=np.float32)
+        xs = np.linspace(margin, W - margin, grid_size, dtype=np.float32)
+        gy, gx = np.meshgrid(ys, xs, indexing="ij")
+        xy = np.stack([gx.reshape(-1), gy.reshape(-1)], axis=-1)
+    if mask is not None:
+        mh, mw = mask.shape
+        ix = np.clip(np.round(xy[:, 0] * mw / W).astype(int), 0, mw - 1)
+        iy = np.clip(np.round(xy[:, 1] * mh / H).astype(int), 0, mh - 1)
+        xy = xy[mask[iy, ix]]
+    return xy.astype(np.float32)
+
+
+class Tracker(ABC):
+    """Tracks points through a video. Engines subclass this and implement `_track`."""
+
+    name: str = ""
+    #: Frame size (W, H) the engine wants frames decoded at, or None for source resolution.
+    input_size: tuple[int, int] | None = None
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    def track(
+        self,
+        video: VideoLike,
+        *,
+        grid_size: int = 0,
+        queries: Any = None,
+        segm_mask: Any = None,
+        grid_query_frame: int = 0,
+        backward_tracking: bool = False,
+    ) -> Tracks:
+        """Track points through ``video``.
+
+        Args:
+            video: a path, a `Clip`, or frames ``(T, H, W, 3)`` uint8.
+            grid_size: track a ``grid_size`` x ``grid_size`` grid from ``grid_query_frame``.
+            queries: ``(N, 3)`` rows of (t, x, y): t a frame row of the clip, x, y in source
+                pixels.
+            segm_mask: ``(H, W)`` mask in source pixels: grid points outside it are dropped.
+            grid_query_frame: the row the grid points start from.
+            backward_tracking: also track queries backward in time from their frame.
+
+        Returns:
+            `Tracks` in source-video pixels.
+        """
+        clip = as_clip(video, size=self.input_size)
+        prompt = check_prompt(
+            clip,
+            grid_size=grid_size,
+            queries=queries,
+            segm_mask=segm_mask,
+            grid_query_frame=grid_query_frame,
+            backward_tracking=backward_tracking,
+        )
+        return self._track(clip, prompt)
+
+    @abstractmethod
+    def _track(self, clip: Clip, prompt: Prompt) -> Tracks:
+        """Track a checked prompt (frame pixels) through a clip; return source-pixel Tracks."""

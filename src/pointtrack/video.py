@@ -1,0 +1,354 @@
+"""Video I/O with PyAV: metadata, decode-time resizing and frame sampling, mp4 writing.
+
+Frames are always uint8 RGB ``(H, W, 3)``; nothing here makes full-resolution float video.
+Every decoded frame keeps its 0-based source frame index, so results map back to the source.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from .tracks import atomic_path
+
+
+class VideoError(RuntimeError):
+    """A video that cannot be read or written; the message names the file and the cause."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a video file holds. ``width``/``height`` are the displayed size (after rotation)."""
+
+    path: str
+    width: int
+    height: int
+    fps: float
+    num_frames: int
+    duration: float
+    rotation: int
+    codec: str
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.width, self.height)
+
+
+@dataclass
+class Clip:
+    """Decoded frames ``(T, H, W, 3)`` uint8 and where they came from.
+
+    ``frame_numbers (T,)`` are 0-based source frame indices, ``source_size`` is the (W, H) of
+    the source video (frames may be resized), ``fps`` the frame rate of the rows kept.
+    """
+
+    frames: np.ndarray
+    frame_numbers: np.ndarray
+    fps: float
+    source_size: tuple[int, int]
+    path: str | None = None
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.frames.shape[0])
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(W, H) of the decoded frames."""
+        return (int(self.frames.shape[2]), int(self.frames.shape[1]))
+
+    @property
+    def scale(self) -> np.ndarray:
+        """Factor (sx, sy) from frame pixels to source pixels."""
+        (w, h), (W, H) = self.size, self.source_size
+        return np.array([W / w, H / h], dtype=np.float64)
+
+    def to_frame_pixels(self, xy: np.ndarray) -> np.ndarray:
+        return np.asarray(xy, dtype=np.float64) / self.scale
+
+    def to_source_pixels(self, xy: np.ndarray) -> np.ndarray:
+        return np.asarray(xy, dtype=np.float64) * self.scale
+
+
+def _open(path: str | os.PathLike) -> av.container.InputContainer:
+    path = Path(path)
+    if not path.exists():
+        raise VideoError(f"{path}: no such file")
+    if path.is_dir():
+        raise VideoError(f"{path}: is a directory, not a video")
+    try:
+        container = av.open(str(path), mode="r")
+    except av.error.FFmpegError as e:
+        raise VideoError(f"{path}: not a readable video ({_reason(e)})") from e
+    if not container.streams.video:
+        container.close()
+        raise VideoError(f"{path}: has no video stream")
+    return container
+
+
+def _reason(e: Exception) -> str:
+    return getattr(e, "strerror", None) or str(e) or type(e).__name__
+
+
+def _rotation(stream, first_frame=None) -> int:
+    """Clockwise display rotation in degrees (0, 90, 180, 270)."""
+    deg = None
+    if first_frame is not None:
+        deg = getattr(first_frame, "rotation", None)
+    if deg is None:
+        rotate = stream.metadata.get("rotate")
+        deg = -int(rotate) if rotate is not None else 0
+    # PyAV reports the display matrix angle counter-clockwise; we rotate clockwise.
+    return int(round(-deg)) % 360
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    """Read a video's metadata (decodes one frame, to learn the rotation reliably)."""
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate or 0) or 0.0
+        first = None
+        try:
+            for first in container.decode(stream):
+                break
+        except av.error.FFmpegError as e:
+            raise VideoError(f"{path}: corrupt video stream ({_reason(e)})") from e
+        if first is None:
+            raise VideoError(f"{path}: video has zero frames")
+        rotation = _rotation(stream, first)
+        w, h = first.width, first.height
+        if rotation in (90, 270):
+            w, h = h, w
+        num_frames = int(stream.frames or 0)
+        duration = 0.0
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+        if num_frames <= 0:
+            num_frames = _count_frames(path)
+        if duration <= 0 and fps > 0:
+            duration = num_frames / fps
+        return VideoInfo(
+            path=str(path),
+            width=w,
+            height=h,
+            fps=fps,
+            num_frames=num_frames,
+            duration=duration,
+            rotation=rotation,
+            codec=stream.codec_context.name,
+        )
+
+
+def _count_frames(path) -> int:
+    """Frame count by demuxing (no decoding), for containers that do not store it."""
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        return sum(1 for p in container.demux(stream) if p.size)
+
+
+def sample_indices(
+    num_frames: int,
+    source_fps: float,
+    *,
+    every: int = 1,
+    fps: float | None = None,
+    max_frames: int | None = None,
+    start: float | None = None,
+    end: float | None = None,
+) -> np.ndarray:
+    """Source frame indices kept by the sampling options (see `iter_frames`)."""
+    keep = []
+    for i in range(num_frames):
+        if _keeps(i, source_fps, every, fps, start, end):
+            keep.append(i)
+        if max_frames is not None and len(keep) >= max_frames:
+            break
+    return np.asarray(keep, dtype=np.int64)
+
+
+def _check_sampling(every, fps, max_frames, start, end, source_fps):
+    if every is None or int(every) != every or every < 1:
+        raise VideoError(f"every must be an integer >= 1, got {every}")
+    if fps is not None and not fps > 0:
+        raise VideoError(f"fps must be > 0, got {fps}")
+    if every != 1 and fps is not None:
+        raise VideoError("give either every or fps, not both")
+    if max_frames is not None and max_frames < 1:
+        raise VideoError(f"max frames must be >= 1, got {max_frames}")
+    if (start is not None or end is not None or fps is not None) and not source_fps > 0:
+        raise VideoError("the video has no frame rate, so time-based sampling is not possible")
+    if start is not None and end is not None and end <= start:
+        raise VideoError(f"empty time range: start {start} s >= end {end} s")
+
+
+def _keeps(i, source_fps, every, fps, start, end) -> bool:
+    t = i / source_fps if source_fps else 0.0
+    if start is not None and t < start - 1e-9:
+        return False
+    if end is not None and t >= end - 1e-9:
+        return False
+    j = i - (int(np.ceil(start * source_fps - 1e-9)) if start is not None else 0)
+    if fps is not None and fps < source_fps:
+        # Keep frame j when a sample time k / fps falls in ((j - 1) / F, j / F].
+        r = fps / source_fps
+        return np.floor(j * r + 1e-9) > np.floor((j - 1) * r + 1e-9)
+    return j % every == 0
+
+
+@dataclass
+class Frame:
+    """One decoded frame: its 0-based source index and its pixels ``(H, W, 3)`` uint8."""
+
+    index: int
+    image: np.ndarray
+
+
+def iter_frames(
+    path: str | os.PathLike,
+    *,
+    size: tuple[int, int] | None = None,
+    every: int = 1,
+    fps: float | None = None,
+    max_frames: int | None = None,
+    start: float | None = None,
+    end: float | None = None,
+) -> Iterator[Frame]:
+    """Decode frames one by one as uint8 RGB, resized at decode time.
+
+    Args:
+        size: (W, H) to resize to (after rotation), or None for the source size.
+        every: keep every k-th frame.
+        fps: keep frames at about this rate (instead of ``every``).
+        max_frames: stop after this many kept frames.
+        start, end: time range in seconds (end exclusive).
+    """
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        source_fps = float(stream.average_rate or stream.guessed_rate or 0) or 0.0
+        _check_sampling(every, fps, max_frames, start, end, source_fps)
+        kept = 0
+        rotation = None
+        i = -1
+        try:
+            for frame in container.decode(stream):
+                i += 1
+                if end is not None and source_fps and i / source_fps >= end - 1e-9:
+                    break
+                if not _keeps(i, source_fps, every, fps, start, end):
+                    continue
+                if rotation is None:
+                    rotation = _rotation(stream, frame)
+                yield Frame(i, _to_rgb(frame, size, rotation))
+                kept += 1
+                if max_frames is not None and kept >= max_frames:
+                    break
+        except av.error.FFmpegError as e:
+            raise VideoError(f"{path}: corrupt video stream at frame {i + 1} ({_reason(e)})") from e
+        if i < 0:
+            raise VideoError(f"{path}: video has zero frames")
+    finally:
+        container.close()
+
+
+def _to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None, rotation: int) -> np.ndarray:
+    if size is None:
+        image = frame.to_ndarray(format="rgb24")
+    else:
+        w, h = size
+        if rotation in (90, 270):  # resize before rotating: swap the target size
+            w, h = h, w
+        # swscale resizes while converting: the full-size RGB frame is never made.
+        image = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
+    if rotation:
+        image = np.ascontiguousarray(np.rot90(image, k=-rotation // 90))
+    return image
+
+
+def read_clip(
+    path: str | os.PathLike,
+    *,
+    size: tuple[int, int] | None = None,
+    every: int = 1,
+    fps: float | None = None,
+    max_frames: int | None = None,
+    start: float | None = None,
+    end: float | None = None,
+    progress: bool = False,
+) -> Clip:
+    """Decode a clip into memory as uint8 ``(T, H, W, 3)`` (options as in `iter_frames`)."""
+    info = probe(path)
+    frames_iter = iter_frames(
+        path, size=size, every=every, fps=fps, max_frames=max_frames, start=start, end=end
+    )
+    if progress:
+        from tqdm.auto import tqdm
+
+        frames_iter = tqdm(frames_iter, desc="decode", unit="frame", leave=False)
+    indices, images = [], []
+    for frame in frames_iter:
+        indices.append(frame.index)
+        images.append(frame.image)
+    if not images:
+        raise VideoError(f"{path}: no frames in the requested range")
+    step = every if fps is None else max(info.fps / fps, 1.0)
+    return Clip(
+        frames=np.stack(images),
+        frame_numbers=np.asarray(indices, dtype=np.int64),
+        fps=info.fps / step if info.fps else 0.0,
+        source_size=info.size,
+        path=str(path),
+    )
+
+
+def write_video(
+    path: str | os.PathLike,
+    frames: Iterable[np.ndarray],
+    fps: float,
+    *,
+    crf: int = 20,
+) -> Path:
+    """Write uint8 RGB frames ``(H, W, 3)`` to an H.264/yuv420p mp4 that browsers play.
+
+    Odd sizes are padded by one pixel (yuv420p needs even sizes). Written atomically.
+    """
+    path = Path(path)
+    rate = Fraction(fps if fps and fps > 0 else 30).limit_denominator(1001)
+    count = 0
+    with atomic_path(path) as tmp:
+        with av.open(str(tmp), mode="w", format="mp4") as container:
+            stream = None
+            for image in frames:
+                image = np.asarray(image)
+                if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                    raise VideoError(f"{path}: frames must be (H, W, 3) uint8, got "
+                                     f"{image.dtype} {image.shape}")
+                h, w = image.shape[:2]
+                if stream is None:
+                    stream = container.add_stream("libx264", rate=rate)
+                    stream.width, stream.height = w + w % 2, h + h % 2
+                    stream.pix_fmt = "yuv420p"
+                    stream.options = {"crf": str(crf), "preset": "veryfast"}
+                if (w + w % 2, h + h % 2) != (stream.width, stream.height):
+                    raise VideoError(f"{path}: frame {count} is {w}x{h}, expected "
+                                     f"{stream.width}x{stream.height}")
+                if w % 2 or h % 2:
+                    image = np.pad(image, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+                frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+                count += 1
+            if stream is None:
+                raise VideoError(f"{path}: no frames to write")
+            for packet in stream.encode():
+                container.mux(packet)
+    return path
