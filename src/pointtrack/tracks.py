@@ -88,9 +88,10 @@ class Tracks:
         return self.num_tracks
 
     def __repr__(self) -> str:
+        visible = self.visible.mean() if self.visible.size else 0.0
         return (
             f"Tracks(tracker={self.tracker!r}, frames={self.num_frames}, tracks={self.num_tracks}, "
-            f"frame_size={self.frame_size}, visible={self.visible.mean() if self.visible.size else 0:.2f})"
+            f"frame_size={self.frame_size}, visible={visible:.2f})"
         )
 
     def select(self, tracks: np.ndarray | slice | list[int]) -> Tracks:

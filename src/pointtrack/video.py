@@ -113,10 +113,8 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     with _open(path) as container:
         stream = container.streams.video[0]
         fps = float(stream.average_rate or stream.guessed_rate or 0) or 0.0
-        first = None
         try:
-            for first in container.decode(stream):
-                break
+            first = next(container.decode(stream), None)
         except av.error.FFmpegError as e:
             raise VideoError(f"{path}: corrupt video stream ({_reason(e)})") from e
         if first is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from typing import Any
 
@@ -36,12 +37,9 @@ def load_tracker(name: str, **options: Any) -> Tracker:
 
 def _load_builtin() -> None:
     # Engines register themselves on import; imported lazily so `lk` needs no model code.
-    from . import lk  # noqa: F401
-
-    try:
-        from . import cotracker  # noqa: F401
-    except ImportError:
-        pass
+    for module in ("lk", "cotracker"):
+        if importlib.util.find_spec(f"{__name__}.{module}") is not None:
+            importlib.import_module(f".{module}", __name__)
 
 
 __all__ = [

@@ -126,9 +126,11 @@ def check_prompt(
 def grid_points(
     size: tuple[int, int], grid_size: int, mask: np.ndarray | None = None
 ) -> np.ndarray:
-    """``(N, 2)`` points (x, y) of a ``grid_size`` x ``grid_size`` grid over a (W, H) frame,
-    with a margin of W/64, row by row (CoTracker's grid when (W, H) is the model size); restricted to ``mask`` (H, W) if given (mask in any resolution:
-    looked up by nearest pixel)."""
+    """``(N, 2)`` points (x, y) of a ``grid_size`` x ``grid_size`` grid over a (W, H) frame.
+
+    Row by row, with a margin of W/64 (CoTracker's grid when (W, H) is the model size);
+    restricted to ``mask`` (H, W) if given (any resolution: looked up by nearest pixel).
+    """
     W, H = size
     if grid_size == 1:
         xy = np.array([[W / 2.0, H / 2.0]], dtype=np.float32)

@@ -1,0 +1,72 @@
+"""The ``pointtrack`` command. Each subcommand module has ``register(subparsers)`` and sets
+``func(args) -> int | None`` on its parser."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# Subcommand modules, in the order `pointtrack --help` lists them.
+_COMMANDS = ["track", "dataset", "eval", "preprocess", "demo"]
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="pointtrack",
+        description="Track any point through videos and video datasets (CoTracker3, FiftyOne).",
+    )
+    parser.add_argument("--version", action="version", version=f"pointtrack {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMANDS:
+        try:
+            module = importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as e:
+            if e.name == f"{__name__}.{name}":
+                continue  # a subcommand not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from ..trackers.base import PromptError
+    from ..tracks import TracksError
+    from ..video import VideoError
+
+    errors: list[type[BaseException]] = [CLIError, PromptError, VideoError, TracksError]
+    try:
+        from ..models.weights import CheckpointError
+
+        errors.append(CheckpointError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except _user_errors() as e:
+        print(f"pointtrack: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pointtrack: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""``pointtrack info`` and ``pointtrack track``."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import CLIError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="print a video's metadata")
+    p.add_argument("video")
+    p.set_defaults(func=run_info)
+
+    p = sub.add_parser("track", help="track points through one video")
+    p.add_argument("video")
+    add_engine_arguments(p)
+    add_prompt_arguments(p)
+    add_sampling_arguments(p)
+    p.add_argument("--out", help="tracks file (.npz); default: VIDEO's name + .tracks.npz")
+    p.add_argument("--render", metavar="MP4", help="also write an overlay video")
+    p.add_argument("--csv", metavar="CSV", help="also write one row per point per frame")
+    p.set_defaults(func=run_track)
+
+
+def add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", default="lk", help="tracker engine (default: lk)")
+    p.add_argument("--checkpoint", help="CoTracker3 checkpoint: a path, URL or registry name")
+    p.add_argument("--device", help="cpu, cuda or auto (CoTracker3 engines)")
+
+
+def add_prompt_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--grid-size", type=int, default=0, help="track an N x N grid")
+    p.add_argument("--grid-query-frame", type=int, default=0,
+                   help="source frame number the grid starts on (default 0)")
+    p.add_argument("--queries", metavar="FILE",
+                   help="query points: .npy or text/CSV rows of (frame, x, y) in source pixels")
+    p.add_argument("--mask", metavar="PNG", help="track grid points inside this mask only")
+    p.add_argument("--backward", action="store_true", help="also track backward in time")
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--every", type=int, default=1, metavar="K", help="keep every K-th frame")
+    g.add_argument("--fps", type=float, help="keep frames at about this rate")
+    p.add_argument("--max-frames", type=int, metavar="M", help="keep at most M frames")
+    p.add_argument("--start", type=float, metavar="SEC", help="start time in seconds")
+    p.add_argument("--end", type=float, metavar="SEC", help="end time in seconds (exclusive)")
+
+
+def engine_options(args: argparse.Namespace) -> dict:
+    options = {}
+    if args.checkpoint:
+        options["checkpoint"] = args.checkpoint
+    if args.device:
+        options["device"] = args.device
+    return options
+
+
+def load_engine(args: argparse.Namespace):
+    from ..trackers import list_trackers, load_tracker
+
+    if args.engine not in list_trackers():
+        raise CLIError(f"unknown engine {args.engine!r}; available: {', '.join(list_trackers())}")
+    try:
+        return load_tracker(args.engine, **engine_options(args))
+    except TypeError as e:
+        raise CLIError(f"engine {args.engine!r} does not take these options ({e})") from e
+
+
+def read_queries(path: str) -> np.ndarray:
+    """``(N, 3)`` rows of (frame, x, y) from a .npy file or a text/CSV file (header allowed)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"queries file {path}: no such file")
+    try:
+        if p.suffix == ".npy":
+            q = np.load(p, allow_pickle=False)
+        else:
+            text = p.read_text()
+            delimiter = "," if "," in text else None
+            q = np.genfromtxt(p, delimiter=delimiter, dtype=np.float64, comments="#",
+                              invalid_raise=True)
+            if q.ndim >= 1 and q.size and np.isnan(q.reshape(-1, q.shape[-1])[0]).all():
+                q = q[1:] if q.ndim == 2 else q[:0]  # drop a header row
+    except (ValueError, OSError) as e:
+        raise CLIError(f"queries file {path}: cannot read ({e})") from e
+    q = np.atleast_2d(np.asarray(q, dtype=np.float64))
+    if q.ndim != 2 or q.shape[1] != 3:
+        raise CLIError(f"queries file {path}: expected rows of (frame, x, y), got shape {q.shape}")
+    return q
+
+
+def read_mask(path: str) -> np.ndarray:
+    import cv2
+
+    if not Path(path).is_file():
+        raise CLIError(f"mask {path}: no such file")
+    mask = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        raise CLIError(f"mask {path}: not a readable image")
+    return mask
+
+
+def frame_rows(frame_numbers: np.ndarray, source_frames: np.ndarray, what: str) -> np.ndarray:
+    """Map source frame numbers to rows of the sampled clip; an error names any not sampled."""
+    lookup = {int(f): i for i, f in enumerate(frame_numbers)}
+    sampled = len(frame_numbers) > 1 and np.diff(frame_numbers).max() > 1
+    rows = []
+    for f in source_frames:
+        if f != np.round(f) or int(f) not in lookup:
+            raise CLIError(
+                f"{what} frame {f:g} is not among the tracked frames "
+                f"({int(frame_numbers[0])}..{int(frame_numbers[-1])}"
+                f"{', sampled' if sampled else ''})"
+            )
+        rows.append(lookup[int(f)])
+    return np.asarray(rows, dtype=np.float64)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from ..video import probe
+
+    info = probe(args.video)
+    print(f"{info.path}")
+    rotated = f" (rotated {info.rotation})" if info.rotation else ""
+    print(f"  size      {info.width}x{info.height}{rotated}")
+    print(f"  fps       {info.fps:.3f}")
+    print(f"  frames    {info.num_frames}")
+    print(f"  duration  {info.duration:.2f} s")
+    print(f"  codec     {info.codec}")
+    return 0
+
+
+def run_track(args: argparse.Namespace) -> int:
+    from ..video import probe, read_clip
+
+    if args.grid_size < 0:
+        raise CLIError(f"grid size must be >= 0, got {args.grid_size}")
+    queries = read_queries(args.queries) if args.queries else None
+    mask = read_mask(args.mask) if args.mask else None
+    tracker = load_engine(args)
+    probe(args.video)  # fail fast on an unreadable video, before decoding
+    out = Path(args.out) if args.out else Path(Path(args.video).stem + ".tracks.npz")
+
+    started = time.perf_counter()
+    clip = read_clip(
+        args.video, size=tracker.input_size, every=args.every, fps=args.fps,
+        max_frames=args.max_frames, start=args.start, end=args.end, progress=True,
+    )
+    grid_row = 0
+    if queries is not None:
+        queries[:, 0] = frame_rows(clip.frame_numbers, queries[:, 0], "query")
+    if args.grid_size or mask is not None:
+        grid_row = int(frame_rows(clip.frame_numbers, np.array([args.grid_query_frame]), "grid")[0])
+    decoded = time.perf_counter()
+    print(f"decoded {clip.num_frames} frames at {clip.size[0]}x{clip.size[1]} "
+          f"in {decoded - started:.1f} s; tracking with {args.engine}...")
+    tracks = tracker.track(
+        clip, grid_size=args.grid_size, queries=queries, segm_mask=mask,
+        grid_query_frame=grid_row, backward_tracking=args.backward,
+    )
+    tracks.options.setdefault("source", str(args.video))
+    print(f"tracked {tracks.num_tracks} points through {tracks.num_frames} frames "
+          f"in {time.perf_counter() - decoded:.1f} s ({tracks.visible.mean():.0%} visible)")
+    tracks.save(out)
+    print(f"wrote {out}")
+    if args.csv:
+        print(f"wrote {tracks.to_csv(args.csv)}")
+    if args.render:
+        from ..render import render_video
+
+        print(f"wrote {render_video(args.video, tracks, args.render, progress=True)}")
+    return 0
