@@ -101,7 +101,8 @@ def render_video(
     if progress:
         from tqdm.auto import tqdm
 
-        drawn = tqdm(drawn, total=tracks.num_frames, desc="render", unit="frame", leave=False)
+        drawn = tqdm(drawn, total=tracks.num_frames, desc="render", unit="frame", leave=False,
+                     disable=None)
     return write_video(out, drawn, fps=tracks.fps or 30.0)
 
 

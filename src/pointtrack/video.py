@@ -291,7 +291,10 @@ def read_clip(
     if progress:
         from tqdm.auto import tqdm
 
-        frames_iter = tqdm(frames_iter, desc="decode", unit="frame", leave=False)
+        # disable=None: no bar when stderr is not a terminal (logs, CI, pipes).
+        frames_iter = tqdm(frames_iter, desc="decode", unit="frame", leave=False, disable=None,
+                           total=len(sample_indices(info.num_frames, info.fps, every=every, fps=fps,
+                                                    max_frames=max_frames, start=start, end=end)))
     indices, images = [], []
     for frame in frames_iter:
         indices.append(frame.index)

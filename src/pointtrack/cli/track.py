@@ -122,6 +122,27 @@ def frame_rows(frame_numbers: np.ndarray, source_frames: np.ndarray, what: str) 
     return np.asarray(rows, dtype=np.float64)
 
 
+def check_before_decoding(args, queries, mask) -> None:
+    """Fail on a bad video or prompt before spending time decoding: the same checks the
+    tracker makes, run on a clip of the right shape that holds no pixels."""
+    from ..trackers import check_prompt
+    from ..video import Clip, probe, sample_indices
+
+    info = probe(args.video)
+    rows = sample_indices(info.num_frames, info.fps, every=args.every, fps=args.fps,
+                          max_frames=args.max_frames, start=args.start, end=args.end)
+    if len(rows) == 0:
+        raise CLIError(f"{args.video}: no frames in the requested range")
+    shape = Clip(np.broadcast_to(np.zeros((), np.uint8), (len(rows), info.height, info.width, 3)),
+                 rows, info.fps, info.size)
+    if queries is not None:
+        queries = queries.copy()
+        queries[:, 0] = frame_rows(rows, queries[:, 0], "query")
+    grid_row = frame_rows(rows, np.array([args.grid_query_frame]), "grid")[0]
+    check_prompt(shape, grid_size=args.grid_size, queries=queries, segm_mask=mask,
+                 grid_query_frame=int(grid_row) if args.grid_size or mask is not None else 0)
+
+
 def run_info(args: argparse.Namespace) -> int:
     from ..video import probe
 
@@ -137,14 +158,14 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_track(args: argparse.Namespace) -> int:
-    from ..video import probe, read_clip
+    from ..video import read_clip
 
     if args.grid_size < 0:
         raise CLIError(f"grid size must be >= 0, got {args.grid_size}")
     queries = read_queries(args.queries) if args.queries else None
     mask = read_mask(args.mask) if args.mask else None
     tracker = load_engine(args)
-    probe(args.video)  # fail fast on an unreadable video, before decoding
+    check_before_decoding(args, queries, mask)
     out = Path(args.out) if args.out else Path(Path(args.video).stem + ".tracks.npz")
 
     started = time.perf_counter()

@@ -1,0 +1,124 @@
+import numpy as np
+import pytest
+from conftest import encode_with_pyav, set_mp4_rotation, textured_frames
+
+from pointtrack.video import VideoError, iter_frames, probe, read_clip, sample_indices, write_video
+
+
+def test_write_and_probe_roundtrip(make_video):
+    path, frames = make_video(num_frames=15, size=(160, 120), fps=12.5)
+    info = probe(path)
+    assert (info.width, info.height, info.num_frames) == (160, 120, 15)
+    assert info.fps == pytest.approx(12.5)
+    assert info.duration == pytest.approx(15 / 12.5, abs=0.1)
+    assert info.rotation == 0 and info.codec == "h264"
+    clip = read_clip(path)
+    assert clip.frames.shape == (15, 120, 160, 3) and clip.frames.dtype == np.uint8
+    assert np.array_equal(clip.frame_numbers, np.arange(15))
+    # Lossy but close: H.264 at crf 20 on a smooth texture.
+    assert np.abs(clip.frames.astype(int) - frames.astype(int)).mean() < 6
+
+
+def test_resize_at_decode(make_video):
+    path, frames = make_video(num_frames=4, size=(160, 120))
+    clip = read_clip(path, size=(64, 48))
+    assert clip.frames.shape == (4, 48, 64, 3)
+    assert clip.source_size == (160, 120) and clip.size == (64, 48)
+    np.testing.assert_allclose(clip.to_source_pixels([[32, 24]]), [[80, 60]])
+    # The downscaled frame is the downscaled source, not something else.
+    import cv2
+
+    expected = cv2.resize(frames[0], (64, 48), interpolation=cv2.INTER_AREA).astype(int)
+    assert np.abs(clip.frames[0].astype(int) - expected).mean() < 8
+
+
+def test_sampling_every_fps_max_and_range(make_video):
+    path, _ = make_video(num_frames=30, fps=10.0)
+    assert read_clip(path, every=3).frame_numbers.tolist() == list(range(0, 30, 3))
+    clip = read_clip(path, fps=5)
+    assert clip.frame_numbers.tolist() == list(range(0, 30, 2)) and clip.fps == pytest.approx(5)
+    assert read_clip(path, fps=4).frame_numbers.tolist()[:5] == [0, 3, 5, 8, 10]
+    assert read_clip(path, max_frames=4).frame_numbers.tolist() == [0, 1, 2, 3]
+    assert read_clip(path, start=1.0, end=2.0).frame_numbers.tolist() == list(range(10, 20))
+    assert read_clip(path, start=1.0, every=4, max_frames=2).frame_numbers.tolist() == [10, 14]
+    assert sample_indices(30, 10.0, fps=4).tolist() == read_clip(path, fps=4).frame_numbers.tolist()
+    # The kept frames are the right frames: decode all and compare.
+    full = read_clip(path)
+    sampled = read_clip(path, every=3)
+    assert np.array_equal(full.frames[::3], sampled.frames)
+
+
+def test_iter_frames_streams(make_video):
+    path, _ = make_video(num_frames=20)
+    it = iter_frames(path, every=5)
+    first = next(it)
+    assert first.index == 0 and first.image.shape == (120, 160, 3)
+    assert [f.index for f in it] == [5, 10, 15]
+
+
+def test_odd_size_single_frame_and_grayscale(tmp_path):
+    frames = textured_frames(num_frames=1, size=(63, 37))
+    path = write_video(tmp_path / "odd.mp4", frames, fps=5)
+    clip = read_clip(path)
+    assert clip.num_frames == 1
+    assert clip.frames.shape[1:3] in {(37, 63), (38, 64)}  # padded to even for yuv420p
+    gray = textured_frames(num_frames=3, size=(64, 48))[..., :1].repeat(3, axis=-1)
+    gpath = encode_with_pyav(tmp_path / "gray.mkv", gray[..., 0], codec="ffv1",
+                             pix_fmt="gray", fmt="gray")
+    clip = read_clip(gpath)
+    assert clip.frames.shape == (3, 48, 64, 3)
+    assert np.array_equal(clip.frames[..., 0], clip.frames[..., 2])  # gray becomes equal RGB
+    assert np.abs(clip.frames[..., 0].astype(int) - gray[..., 0]).max() <= 1
+
+
+@pytest.mark.parametrize("degrees", [90, 180, 270])
+def test_rotation_metadata(tmp_path, degrees):
+    frames = np.zeros((3, 32, 64, 3), np.uint8)
+    frames[:, :, :8] = 255  # a white band on the left edge
+    path = write_video(tmp_path / "rot.mp4", frames, fps=10)
+    set_mp4_rotation(path, degrees)
+    info = probe(path)
+    assert info.rotation == degrees
+    image = read_clip(path).frames[0]
+    expected = np.rot90(frames[0], k=-degrees // 90)  # displayed clockwise
+    assert image.shape == expected.shape
+    assert (info.width, info.height) == (expected.shape[1], expected.shape[0])
+    assert np.abs(image.astype(int) - expected.astype(int)).mean() < 10
+    # Resizing respects the displayed orientation.
+    w, h = info.width // 2, info.height // 2
+    assert read_clip(path, size=(w, h)).frames.shape == (3, h, w, 3)
+
+
+def test_errors_name_file_and_cause(tmp_path, make_video):
+    with pytest.raises(VideoError, match="no such file"):
+        probe(tmp_path / "missing.mp4")
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n" * 50)
+    with pytest.raises(VideoError, match="notes.mp4.*not a readable video"):
+        probe(text)
+    path, _ = make_video(num_frames=30)
+    data = bytearray(path.read_bytes())
+    # Keep the container header, destroy every byte of the coded frames.
+    mdat = data.index(b"mdat")
+    data[mdat + 4 :] = bytes(len(data) - mdat - 4)
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(bytes(data))
+    with pytest.raises(VideoError, match="corrupt.mp4"):
+        read_clip(corrupt)
+    empty = tmp_path / "empty.mp4"
+    with pytest.raises(VideoError, match="no frames"):
+        write_video(empty, [], fps=10)
+    assert not empty.exists() and not list(tmp_path.glob(".empty*"))
+    with pytest.raises(VideoError, match="empty time range"):
+        read_clip(path, start=2, end=1)
+
+
+def test_zero_frame_container(tmp_path):
+    import av
+
+    path = tmp_path / "zero.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+    with pytest.raises(VideoError, match="zero.mp4"):
+        read_clip(path)
