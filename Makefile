@@ -7,7 +7,8 @@ setup:
 demo: setup
 	@.venv/bin/pointtrack demo $(ARGS)
 
-test: setup
+test:
+	@POINTTRACK_SETUP_BROWSER=1 bash scripts/setup.sh
 	@.venv/bin/ruff check src tests benchmarks
 	@bash scripts/test.sh $(ARGS)
 

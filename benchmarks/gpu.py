@@ -1,0 +1,204 @@
+"""GPU speed and memory of pointtrack's CoTracker3 against the official predictor.
+
+Synthetic weights (speed does not depend on their values), a synthetic moving texture, the same
+queries for both. Time runs from frames in host memory to tracks in host memory; peak memory is
+`torch.cuda.max_memory_allocated` from the start of the call, the video tensor included.
+pointtrack gets uint8 frames at model resolution (what its decoder produces); the official
+predictor gets full-resolution float frames, as its demo feeds them.
+
+    python benchmarks/gpu.py --reference .ref/co-tracker --out benchmarks/results/gpu.json
+
+`--reference DIR` is a local copy of the official `cotracker` package (never committed); without
+it only pointtrack is timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+CASES = {
+    "offline-480p-82f-grid50": dict(mode="offline", size=(854, 480), frames=82, grid=50),
+    "offline-480p-82f-grid100": dict(mode="offline", size=(854, 480), frames=82, grid=100),
+    "offline-1080p-150f-grid50": dict(mode="offline", size=(1920, 1080), frames=150, grid=50),
+    "online-1080p-150f-grid50": dict(mode="online", size=(1920, 1080), frames=150, grid=50),
+    "online-1080p-150f-grid200": dict(mode="online", size=(1920, 1080), frames=150, grid=200),
+}
+MODEL_SIZE = (512, 384)  # (W, H)
+
+
+def moving_texture(num_frames: int, size: tuple[int, int], seed: int = 0) -> torch.Tensor:
+    """``(T, H, W, 3)`` uint8 on the CPU: a smooth random texture under a slow translation."""
+    W, H = size
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(1, 3, H // 8 + 8, W // 8 + 8 + num_frames, generator=g)
+    base = F.interpolate(base, scale_factor=8, mode="bicubic", align_corners=False)
+    frames = torch.stack([base[0, :, :H, t * 2 : t * 2 + W] for t in range(num_frames)])
+    return (frames.clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def resize_uint8(frames: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """Frames at ``size`` (W, H) as uint8 numpy, as the decoder would hand them over."""
+    x = frames.permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(size[1], size[0]), mode="area")
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def measure(fn, repeats: int) -> dict:
+    """Median seconds over ``repeats`` runs after a warm-up, and the peak memory of one run."""
+    fn()  # warm-up: kernels, allocator, autotuning
+    torch.cuda.synchronize()
+    times = []
+    peak = 0
+    for _ in range(repeats):
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+        peak = max(peak, torch.cuda.max_memory_allocated() - base)
+    return {"seconds": float(np.median(times)), "peak_gib": peak / 2**30, "runs": times}
+
+
+def ours(case: dict, frames_model: np.ndarray, state_dict: dict, precision: str):
+    from pointtrack.trackers import load_tracker
+
+    name = f"cotracker3-{case['mode']}"
+    tracker = load_tracker(name, checkpoint=state_dict, device="cuda", precision=precision)
+    W, H = case["size"]
+
+    def run():
+        # Frames at model resolution; queries in source pixels of the (W, H) video.
+        from pointtrack.video import Clip
+
+        clip = Clip(frames_model, np.arange(len(frames_model)), 30.0, (W, H))
+        tracks = tracker.track(clip, grid_size=case["grid"])
+        return tracks.xy
+
+    return run
+
+
+def official(case: dict, frames_full: torch.Tensor, state_dict: dict, reference: Path):
+    sys.path.insert(0, str(reference))
+    from cotracker.predictor import CoTrackerOnlinePredictor, CoTrackerPredictor
+
+    if case["mode"] == "offline":
+        predictor = CoTrackerPredictor(checkpoint=None, offline=True, window_len=60)
+    else:
+        predictor = CoTrackerOnlinePredictor(checkpoint=None, window_len=16)
+    predictor.model.load_state_dict(state_dict, strict=True)
+    predictor = predictor.cuda()
+
+    def run():
+        video = frames_full.permute(0, 3, 1, 2)[None].float().cuda()  # as the official demo
+        if case["mode"] == "offline":
+            tracks, visible = predictor(video, grid_size=case["grid"])
+        else:
+            predictor(video_chunk=video, is_first_step=True, grid_size=case["grid"])
+            step = predictor.step
+            for i in range(0, video.shape[1] - step, step):
+                tracks, visible = predictor(video_chunk=video[:, i : i + step * 2])
+        return tracks.cpu(), visible.cpu()
+
+    return run
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--cases", default=",".join(CASES), help="comma-separated case names")
+    p.add_argument("--precision", default="fp32,bf16", help="comma-separated: fp32, bf16, fp16")
+    p.add_argument("--reference", type=Path, help="local copy of the official co-tracker repo")
+    p.add_argument("--skip-reference", default="", help="cases not to run the official code on")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/gpu.json")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("no CUDA device: this benchmark needs a GPU", file=sys.stderr)
+        return 2
+    from pointtrack.models.weights import synthetic_state_dict
+
+    shapes = {
+        mode: json.loads((ROOT / f"tests/data/parity/{mode}_shapes.json").read_text())
+        for mode in ("offline", "online")
+    }
+    rows = []
+    for name in args.cases.split(","):
+        case = CASES[name]
+        state_dict = synthetic_state_dict(shapes[case["mode"]], seed=0)
+        frames_full = moving_texture(case["frames"], case["size"])
+        frames_model = resize_uint8(frames_full, MODEL_SIZE)
+        results = {}
+        if args.reference and name not in args.skip_reference.split(","):
+            try:
+                results["official-fp32"] = measure(
+                    official(case, frames_full, state_dict, args.reference), args.repeats
+                )
+            except torch.cuda.OutOfMemoryError:
+                results["official-fp32"] = {"seconds": None, "peak_gib": None, "oom": True}
+            gc.collect()
+            torch.cuda.empty_cache()
+        for precision in args.precision.split(","):
+            results[f"pointtrack-{precision}"] = measure(
+                ours(case, frames_model, state_dict, precision), args.repeats
+            )
+            gc.collect()
+            torch.cuda.empty_cache()
+        for impl, r in results.items():
+            row = {"case": name, "impl": impl, **case, **r}
+            if r.get("seconds"):
+                row["fps"] = case["frames"] / r["seconds"]
+            ref = results.get("official-fp32", {})
+            if impl != "official-fp32" and ref.get("seconds"):
+                row["speedup"] = ref["seconds"] / r["seconds"]
+                row["memory_ratio"] = ref["peak_gib"] / r["peak_gib"]
+            rows.append(row)
+            print(_row(row), flush=True)
+
+    meta = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    print(f"\n{meta['device']}, torch {meta['torch']}, {meta['date']}")
+    print(f"{'case':28} {'impl':18} {'s':>7} {'fps':>7} {'GiB':>7} {'x faster':>8} {'x leaner':>8}")
+    for row in rows:
+        print(_row(row))
+    return 0
+
+
+def _row(row: dict) -> str:
+    def f(v, fmt):
+        return format(v, fmt) if isinstance(v, int | float) else "-"
+
+    if row.get("oom"):
+        return f"{row['case']:28} {row['impl']:18} {'out of memory':>23}"
+    return (
+        f"{row['case']:28} {row['impl']:18} {f(row.get('seconds'), '7.3f')} "
+        f"{f(row.get('fps'), '7.1f')} {f(row.get('peak_gib'), '7.2f')} "
+        f"{f(row.get('speedup'), '8.1f')} {f(row.get('memory_ratio'), '8.1f')}"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
