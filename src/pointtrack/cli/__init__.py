@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 
@@ -53,6 +54,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+    # The bundled mongod 6.0 draws a deprecation notice on every connection: keep the CLI's
+    # stderr for our own one-line errors.
+    logging.getLogger("fiftyone.core.odm.database").setLevel(logging.ERROR)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
