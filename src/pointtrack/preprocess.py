@@ -139,7 +139,9 @@ def preprocess_video(
 
             total = len(sample_indices(info.num_frames, info.fps, every=plan.every,
                                        fps=plan.sample_fps)) if info.fps > 0 else None
-            frames = tqdm(frames, total=total, desc=source.name, unit="frame", leave=False)
+            # disable=None: bars on a terminal only, not in logs.
+            frames = tqdm(frames, total=total, desc=source.name, unit="frame", leave=False,
+                          disable=None)
         for frame in frames:
             frame_numbers.append(frame.index)
             yield frame.image
@@ -188,11 +190,15 @@ def find_videos(
 def add_to_dataset(name: str, results: list[PreprocessResult]):
     """Add (or refresh) one video sample per result in the FiftyOne dataset ``name``.
 
-    Creates a persistent dataset if missing. Each sample stores ``source_filepath`` and
-    ``source_frame_numbers``: output frame ``k`` (FiftyOne's 1-based frame number) was source
-    frame ``source_frame_numbers[k - 1]`` (0-based), which maps tracks back to the original.
+    Creates a persistent dataset if missing. Metadata is read with PyAV
+    (`pointtrack.fiftyone.video_metadata`: the App needs it, FiftyOne's own reader needs
+    ffprobe). Each sample stores ``source_filepath`` and ``source_frame_numbers``: output frame
+    ``k`` (FiftyOne's 1-based frame number) was source frame ``source_frame_numbers[k - 1]``
+    (0-based), which maps tracks back to the original.
     """
     import fiftyone as fo
+
+    from .fiftyone import video_metadata
 
     if fo.dataset_exists(name):
         dataset = fo.load_dataset(name)
@@ -207,17 +213,16 @@ def add_to_dataset(name: str, results: list[PreprocessResult]):
             "source_filepath": str(r.source.resolve()),
             "source_frame_numbers": [int(i) for i in r.frame_numbers],
             "source_fps": float(r.source_fps),
+            "metadata": video_metadata(r.output),
         }
         filepath = str(r.output.resolve())
         if filepath in existing:  # re-run: the video was rewritten, refresh what we know of it
             sample = dataset[existing[filepath]]
             for key, value in fields.items():
                 sample[key] = value
-            sample.metadata = None
             sample.save()
         else:
             new.append(fo.Sample(filepath=filepath, **fields))
     if new:
         dataset.add_samples(new)
-    dataset.compute_metadata()
     return dataset

@@ -38,17 +38,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from ..trackers.base import PromptError
-    from ..tracks import TracksError
-    from ..video import VideoError
-
-    errors: list[type[BaseException]] = [CLIError, PromptError, VideoError, TracksError]
-    try:
-        from ..models.weights import CheckpointError
-
-        errors.append(CheckpointError)
-    except ImportError:
-        pass
+    """Exception types that are the user's to fix. Only modules already imported can have
+    raised, so none is imported here (fiftyone takes seconds to import)."""
+    errors: list[type[BaseException]] = [CLIError]
+    for module, name in [
+        ("pointtrack.trackers.base", "PromptError"),
+        ("pointtrack.video", "VideoError"),
+        ("pointtrack.tracks", "TracksError"),
+        ("pointtrack.models.weights", "CheckpointError"),
+        ("pointtrack.fiftyone", "DatasetError"),
+    ]:
+        if module in sys.modules:
+            errors.append(getattr(sys.modules[module], name))
     return tuple(errors)
 
 

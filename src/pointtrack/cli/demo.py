@@ -83,7 +83,7 @@ def _generated(args, tracker, root: Path):
     import fiftyone as fo
     import numpy as np
 
-    from ..fiftyone import add_tracks
+    from ..fiftyone import add_tracks, video_metadata
     from ..metrics import average_metrics, evaluate_tracker
     from ..render import render_video
     from ..synthetic import write_synthetic
@@ -95,9 +95,10 @@ def _generated(args, tracker, root: Path):
     for seed in range(args.clips):
         path = root / "clips" / f"synthetic_{seed:03d}.mp4"
         video = write_synthetic(path, seed=seed, num_frames=args.frames, size=(320, 240))
-        sample = fo.Sample(filepath=str(path), tags=["synthetic"])
+        # Metadata through PyAV: FiftyOne's own needs ffprobe, which the App then lacks too.
+        sample = fo.Sample(filepath=str(path), metadata=video_metadata(str(path)),
+                           tags=["synthetic"])
         dataset.add_sample(sample)
-        sample.compute_metadata()
         pred, gt, metrics = evaluate_tracker(tracker, path, video.tracks)
         add_tracks(sample, gt, "ground_truth")
         add_tracks(sample, pred, "tracks")
