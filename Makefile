@@ -8,7 +8,7 @@ demo: setup
 	@.venv/bin/pointtrack demo $(ARGS)
 
 test:
-	@POINTTRACK_SETUP_BROWSER=1 bash scripts/setup.sh
+	@POINTTRACK_SETUP_TEST_TOOLS=1 bash scripts/setup.sh
 	@.venv/bin/ruff check src tests benchmarks
 	@bash scripts/test.sh $(ARGS)
 

@@ -81,7 +81,8 @@ def ours(case: dict, frames_model: np.ndarray, state_dict: dict, precision: str)
     from pointtrack.trackers import load_tracker
 
     name = f"cotracker3-{case['mode']}"
-    tracker = load_tracker(name, checkpoint=state_dict, device="cuda", precision=precision)
+    options = {} if precision == "fp32" else {"precision": precision}
+    tracker = load_tracker(name, checkpoint=state_dict, device="cuda", **options)
     W, H = case["size"]
 
     def run():
@@ -120,6 +121,23 @@ def official(case: dict, frames_full: torch.Tensor, state_dict: dict, reference:
     return run
 
 
+def profile(fn) -> None:
+    """Top operators by GPU time and by memory, after a warm-up run."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    fn()
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA],
+                       profile_memory=True) as prof:
+        fn()
+        torch.cuda.synchronize()
+    averages = prof.key_averages()
+    print(averages.table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60))
+    print(averages.table(sort_by="self_cuda_memory_usage", row_limit=12,
+                         max_name_column_width=60))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--cases", default=",".join(CASES), help="comma-separated case names")
@@ -127,6 +145,8 @@ def main(argv=None) -> int:
     p.add_argument("--reference", type=Path, help="local copy of the official co-tracker repo")
     p.add_argument("--skip-reference", default="", help="cases not to run the official code on")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--profile", action="store_true",
+                   help="print where pointtrack's time and memory go on the first case")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/gpu.json")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -154,6 +174,8 @@ def main(argv=None) -> int:
                 results["official-fp32"] = {"seconds": None, "peak_gib": None, "oom": True}
             gc.collect()
             torch.cuda.empty_cache()
+        if args.profile and not rows:
+            profile(ours(case, frames_model, state_dict, args.precision.split(",")[0]))
         for precision in args.precision.split(","):
             results[f"pointtrack-{precision}"] = measure(
                 ours(case, frames_model, state_dict, precision), args.repeats

@@ -30,7 +30,7 @@ if [ ! -x "$mongod_dir/mongod" ] && [ -z "${FIFTYONE_DATABASE_URI:-}" ]; then
     [ -x "$mongod_dir/mongod" ] || { echo "setup: mongod still missing in $mongod_dir" >&2; exit 1; }
 fi
 
-# Debian's Chromium for the browser test of the App (only where it is missing; test runs only).
-if [ "${POINTTRACK_SETUP_BROWSER:-0}" = 1 ]; then
-    bash scripts/install_browser.sh
+# Chromium and ffmpeg for the tests (only where missing; test runs only).
+if [ "${POINTTRACK_SETUP_TEST_TOOLS:-0}" = 1 ]; then
+    bash scripts/install_test_tools.sh
 fi

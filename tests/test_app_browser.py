@@ -33,7 +33,7 @@ PAGE_TIMEOUT_MS = 90_000
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists(CHROMIUM),
-    reason=f"{CHROMIUM} missing: run scripts/install_browser.sh (Debian's chromium)",
+    reason=f"{CHROMIUM} missing: run scripts/install_test_tools.sh (Debian's chromium)",
 )
 
 NUM_VIDEOS, NUM_FRAMES, NUM_POINTS = 4, 12, 8

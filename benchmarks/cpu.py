@@ -1,0 +1,145 @@
+"""CPU time and peak memory (RSS) of the CoTracker3 engines: 24 frames x 100 points.
+
+Synthetic weights (speed does not depend on their values), a synthetic moving texture at model
+resolution (512x384, as the decoder hands it over), 100 random queries on random frames (the
+engines add their 36 support points). Each engine runs in a fresh process so that its peak RSS
+is its own; time is the `track()` call (frames in memory to tracks in memory), weights loaded.
+
+    python benchmarks/cpu.py --out benchmarks/results/cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+ENGINES = ["cotracker3-offline", "cotracker3-online"]
+
+
+def rss_mib() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def child(engine: str, frames: int, points: int, repeats: int) -> dict:
+    """Runs in its own process: load, warm up on one frame, then time `track()`."""
+    import torch
+
+    from pointtrack.models.cotracker3 import CoTracker3Offline, CoTracker3Online
+    from pointtrack.models.weights import model_shapes, synthetic_state_dict
+    from pointtrack.trackers import load_tracker
+
+    model = CoTracker3Offline() if engine.endswith("offline") else CoTracker3Online()
+    weights = synthetic_state_dict(model_shapes(model))
+    del model
+    tracker = load_tracker(engine, checkpoint=weights, device="cpu")
+    del weights
+    rng = np.random.default_rng(0)
+    video = moving_texture(frames, rng)
+    queries = np.column_stack(
+        [rng.integers(0, frames, points), rng.uniform(0, 511, points), rng.uniform(0, 383, points)]
+    )
+    tracker.track(video[:1], queries=queries[:1] * [0, 1, 1])  # loads the weights, warms up
+    before = current_rss_mib()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        tracks = tracker.track(video, queries=queries)
+        times.append(time.perf_counter() - start)
+    assert tracks.xy.shape == (frames, points, 2)
+    return {
+        "engine": engine,
+        "frames": frames,
+        "points": points,
+        "seconds": min(times),
+        "runs": times,
+        "fps": frames / min(times),
+        "rss_before_mib": before,
+        "peak_rss_mib": rss_mib(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def moving_texture(frames: int, rng) -> np.ndarray:
+    """``(T, 384, 512, 3)`` uint8: a smooth random texture under a slow translation."""
+    import cv2
+
+    base = rng.integers(0, 255, (384 // 8 + 8, 512 // 8 + 8 + frames, 3), dtype=np.uint8)
+    base = cv2.resize(base, (base.shape[1] * 8, base.shape[0] * 8), interpolation=cv2.INTER_CUBIC)
+    return np.stack([base[:384, 2 * t : 2 * t + 512] for t in range(frames)])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--engines", default=",".join(ENGINES))
+    p.add_argument("--frames", type=int, default=24)
+    p.add_argument("--points", type=int, default=100)
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/cpu.json")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args.child, args.frames, args.points, args.repeats)))
+        return 0
+
+    rows = []
+    for engine in args.engines.split(","):
+        cmd = [sys.executable, __file__, "--child", engine, "--frames", str(args.frames),
+               "--points", str(args.points), "--repeats", str(args.repeats)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            print(done.stderr, file=sys.stderr)
+            return 1
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(_row(rows[-1]), flush=True)
+
+    import torch
+
+    meta = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "load_average": os.getloadavg(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    from pointtrack.tracks import atomic_path
+
+    with atomic_path(args.out) as tmp:
+        tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    print(f"\n{meta['cores']} cores, torch {meta['torch']}, {meta['date']}, "
+          f"load average {meta['load_average'][0]:.1f}")
+    print(f"{'engine':20} {'frames':>6} {'points':>6} {'s':>8} {'fps':>6} {'peak RSS MiB':>12}")
+    for row in rows:
+        print(_row(row))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _row(row: dict) -> str:
+    return (f"{row['engine']:20} {row['frames']:6d} {row['points']:6d} {row['seconds']:8.2f} "
+            f"{row['fps']:6.2f} {row['peak_rss_mib']:12.0f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""``pointtrack dataset create|track|list`` and ``pointtrack app``: FiftyOne video datasets."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import CLIError
+from .track import add_engine_arguments, load_engine
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("dataset", help="FiftyOne video datasets: create, track, list")
+    dsub = p.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
+
+    c = dsub.add_parser("create", help="a dataset from a directory or glob of videos")
+    c.add_argument("source", metavar="DIR", help="directory (searched recursively) or glob")
+    c.add_argument("--name", required=True, help="dataset name")
+    c.add_argument("--overwrite", action="store_true", help="replace a dataset of that name")
+    c.set_defaults(func=run_create)
+
+    t = dsub.add_parser("track", help="track every video of a dataset into a frame field")
+    t.add_argument("name", metavar="NAME", help="dataset name")
+    add_engine_arguments(t)
+    t.add_argument("--grid-size", type=int, default=10,
+                   help="N x N grid over each frame, or per box/mask with --prompt-field "
+                        "(default 10)")
+    t.add_argument("--field", default="tracks", help="frame field to write (default: tracks)")
+    g = t.add_mutually_exclusive_group()
+    g.add_argument("--every", type=int, default=1, metavar="K", help="keep every K-th frame")
+    g.add_argument("--fps", type=float, metavar="F", help="keep frames at about this rate")
+    t.add_argument("--max-frames", type=int, metavar="M", help="keep at most M frames")
+    t.add_argument("--prompt-field", metavar="F",
+                   help="frame field of Detections, Segmentation or Keypoints to start from")
+    t.add_argument("--prompt-frame", type=int, metavar="K",
+                   help="1-based frame number of the prompt labels / grid (default: first "
+                        "tracked frame)")
+    t.add_argument("--include-occluded", action="store_true",
+                   help="also store occluded points (attribute occluded=True)")
+    t.add_argument("--backward", action="store_true", help="also track backward in time")
+    t.add_argument("--overwrite", action="store_true", help="redo samples already tracked")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=run_track)
+
+    ls = dsub.add_parser("list", help="list datasets")
+    ls.set_defaults(func=run_list)
+
+    a = sub.add_parser("app", help="open a dataset in the FiftyOne App (blocks until Ctrl-C)")
+    a.add_argument("name", metavar="NAME", help="dataset name")
+    a.add_argument("--port", type=int, default=5151, help="App port (default 5151)")
+    a.add_argument("--address", default=None, help="address to serve on (default: localhost)")
+    a.add_argument("--remote", action="store_true",
+                   help="serve for a browser elsewhere (e.g. over ssh -L); no window opens")
+    a.add_argument("--field", default="tracks",
+                   help="frame field of tracks to colour by track (default: tracks)")
+    a.set_defaults(func=run_app)
+
+
+def _dataset(name: str):
+    from .. import fiftyone as ptf
+
+    try:
+        return ptf.load_dataset(name)
+    except ptf.DatasetError as e:
+        raise CLIError(str(e)) from e
+
+
+def run_create(args: argparse.Namespace) -> int:
+    from .. import fiftyone as ptf
+
+    try:
+        dataset = ptf.create_dataset(args.source, args.name, overwrite=args.overwrite)
+    except ptf.DatasetError as e:
+        raise CLIError(str(e)) from e
+    missing = len(dataset.exists("metadata", False))
+    note = f" ({missing} unreadable: no metadata)" if missing else ""
+    print(f"dataset '{dataset.name}': {len(dataset)} videos{note}")
+    return 0
+
+
+def run_track(args: argparse.Namespace) -> int:
+    from .. import fiftyone as ptf
+
+    dataset = _dataset(args.name)
+    if args.prompt_field is not None:
+        try:
+            ptf.check_prompt_field(dataset, args.prompt_field)
+        except ptf.DatasetError as e:
+            raise CLIError(str(e)) from e
+    if args.grid_size < 1:
+        raise CLIError(f"grid size must be >= 1, got {args.grid_size}")
+    if args.every < 1:
+        raise CLIError(f"--every must be >= 1, got {args.every}")
+    if args.fps is not None and not args.fps > 0:
+        raise CLIError(f"--fps must be > 0, got {args.fps}")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise CLIError(f"--max-frames must be >= 1, got {args.max_frames}")
+    tracker = load_engine(args)
+    try:
+        summary = ptf.track_dataset(
+            dataset,
+            tracker,
+            args.field,
+            grid_size=args.grid_size,
+            prompt_field=args.prompt_field,
+            prompt_frame=args.prompt_frame,
+            every=args.every,
+            fps=args.fps,
+            max_frames=args.max_frames,
+            backward_tracking=args.backward,
+            include_occluded=args.include_occluded,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
+    except ptf.DatasetError as e:
+        raise CLIError(str(e)) from e
+    print(summary)
+    # Some samples failed (their errors are on the samples): not a user error, but not success.
+    return 1 if summary.failed else 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    import fiftyone as fo
+
+    for name in fo.list_datasets():
+        dataset = fo.load_dataset(name)
+        print(f"{name}\t{dataset.media_type}\t{len(dataset)} samples")
+    return 0
+
+
+def run_app(args: argparse.Namespace) -> int:
+    import fiftyone as fo
+
+    from .. import fiftyone as ptf
+
+    dataset = _dataset(args.name)
+    frame_schema = dataset.get_frame_field_schema() or {}
+    if args.field not in frame_schema:
+        raise CLIError(
+            f"dataset '{dataset.name}' has no frame field '{args.field}' "
+            f"(frame fields: {', '.join(sorted(frame_schema)) or 'none'})"
+        )
+    scheme = ptf.color_scheme(args.field, dataset)
+    session = fo.launch_app(
+        dataset,
+        port=args.port,
+        address=args.address,
+        remote=True,  # we print the URL ourselves; no browser is opened from here
+        color_scheme=scheme,
+        auto=False,
+    )
+    print(f"FiftyOne App: {session.url}", flush=True)
+    if args.remote:
+        print(f"remote: on your machine run `ssh -N -L {args.port}:localhost:{args.port} HOST`, "
+              f"then open http://localhost:{args.port}", flush=True)
+    print("Ctrl-C to stop", file=sys.stderr, flush=True)
+    try:
+        session.wait(-1)
+    except KeyboardInterrupt:
+        pass
+    return 0

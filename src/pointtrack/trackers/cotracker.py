@@ -1,0 +1,517 @@
+"""CoTracker3 engines: ``cotracker3-offline`` (whole video at once) and ``cotracker3-online``
+(sliding windows, also as a stream).
+
+They follow the official predictors:
+
+- Frames are resized to the model's 512x384 (bilinear, align_corners=True, on 0..255 floats;
+  paths are decoded at that size directly) and query pixels scaled alike.
+- ``grid_size`` puts a grid on ``grid_query_frame`` (margin W/64 at model resolution), kept
+  where ``segm_mask`` is set (nearest pixel of the mask resized to model resolution).
+- With queries or a mask, a 6x6 grid of support points (frame 0) is tracked alongside, which
+  steadies the virtual tracks, and dropped from the result (``support_grid=False`` to skip).
+- ``backward_tracking`` tracks the time-reversed video too and uses it before each query frame.
+- Offline: visible where the visibility probability is > 0.9; each query's own frame is set
+  to the query point, visible. Online: visible where visibility x confidence > 0.6.
+
+Many points are split into groups of at most ``max_points`` (support points included), each
+tracked in its own model call: queries are dealt out round-robin (group g gets queries g,
+g + G, ...) so every group spreads over the frame like the whole set; `track_dense` uses
+interleaved sub-grids (offsets of an s x s lattice). Points interact through the
+transformer's virtual tracks, so results with several groups differ slightly from one call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..models.cotracker3 import CoTracker3Offline, CoTracker3Online
+from ..models.weights import CheckpointLike, load_weights
+from ..tracks import Tracks
+from ..video import Clip
+from . import register
+from .base import Prompt, PromptError, Tracker, VideoLike, as_clip, check_prompt, grid_points
+
+MODEL_SIZE = (512, 384)  # (W, H) the networks run at
+SUPPORT_GRID = 6
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def pick_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else as torch reads it."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"unknown device {device!r} (use cpu, cuda or auto)") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for, but CUDA is not available here")
+    return device
+
+
+class _Geometry:
+    """Pixels of the clip's frames (w x h) <-> model pixels (512 x 384), align_corners-style
+    like the official predictors (corner pixel centres map onto each other)."""
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        w, h = size
+        W, H = MODEL_SIZE
+        self.to_model = np.float32([(W - 1) / max(w - 1, 1), (H - 1) / max(h - 1, 1)])
+        self.to_frame = np.float32([max(w - 1, 1) / (W - 1), max(h - 1, 1) / (H - 1)])
+
+
+class _CoTracker3Engine(Tracker):
+    """What both engines share: options, weights, prompts in model pixels, output Tracks."""
+
+    input_size = MODEL_SIZE
+    default_checkpoint = ""
+    model_class: type = CoTracker3Offline
+
+    def __init__(
+        self,
+        checkpoint: CheckpointLike = None,
+        device: str = "cpu",
+        iters: int = 6,
+        max_points: int = 4096,
+        support_grid: bool = True,
+        precision: str = "fp32",
+        progress: bool = True,
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if int(iters) < 1:
+            raise ValueError(f"iters must be >= 1, got {iters}")
+        if int(max_points) < 1 + SUPPORT_GRID**2:
+            raise ValueError(f"max_points must be > {SUPPORT_GRID**2}, got {max_points}")
+        if checkpoint is None or isinstance(checkpoint, str | os.PathLike):
+            described = os.fspath(checkpoint) if checkpoint is not None else self.default_checkpoint
+        else:
+            described = "<state dict>"
+        super().__init__(checkpoint=described, device=str(device), iters=int(iters),
+                         max_points=int(max_points), support_grid=bool(support_grid),
+                         precision=precision)
+        self.checkpoint = checkpoint
+        self.device = pick_device(device)
+        self.iters = int(iters)
+        self.max_points = int(max_points)
+        self.support_grid = bool(support_grid)
+        self.precision = precision
+        self.progress = progress
+        self._model = None
+
+    @property
+    def model(self):
+        """The network with its weights, loaded on first use (`CheckpointError` if it can't)."""
+        if self._model is None:
+            model = self.model_class()
+            load_weights(model, self.checkpoint, self.default_checkpoint, progress=self.progress)
+            self._model = model.to(self.device).eval()
+            self.checkpoint = None  # the weights live in the model now
+        return self._model
+
+    def autocast(self):
+        """Context for model calls: fp32 as is, or autocast to bf16/fp16 (a speed option;
+        parity with the official outputs holds in fp32 only)."""
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    # Prompts ----------------------------------------------------------------------------------
+
+    def _model_queries(self, clip_size, prompt: Prompt) -> tuple[np.ndarray, bool]:
+        """Queries ``(N, 3)`` (t, x, y) in model pixels, and whether support points apply."""
+        geo = _Geometry(clip_size)
+        if prompt.queries is not None:
+            q = prompt.queries.astype(np.float32).copy()
+            q[:, 1:] = q[:, 1:] * geo.to_model
+            return q, self.support_grid
+        xy = grid_points(MODEL_SIZE, prompt.grid_size)
+        if prompt.segm_mask is not None:
+            xy = xy[_inside_mask(xy, prompt.segm_mask)]
+            if len(xy) == 0:
+                raise PromptError(
+                    f"no point of the {prompt.grid_size}x{prompt.grid_size} grid falls inside "
+                    "the mask; use a larger grid size"
+                )
+        t = np.full((len(xy), 1), prompt.grid_query_frame, dtype=np.float32)
+        return np.concatenate([t, xy], axis=1), self.support_grid and prompt.segm_mask is not None
+
+    def _groups(self, n: int, support: bool) -> list[np.ndarray]:
+        per_call = self.max_points - (SUPPORT_GRID**2 if support else 0)
+        G = max(1, math.ceil(n / per_call))
+        return [np.arange(g, n, G) for g in range(G)]
+
+    def _frames_to_model(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 ``(T, h, w, 3)`` -> float ``(1, T, 3, 384, 512)`` in 0..255 on the device."""
+        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
+        x = x.permute(0, 3, 1, 2).float()
+        if (x.shape[-1], x.shape[-2]) != MODEL_SIZE:
+            x = F.interpolate(x, MODEL_SIZE[::-1], mode="bilinear", align_corners=True)
+        return x[None]
+
+    # Results ----------------------------------------------------------------------------------
+
+    overwrite_query_frames = False  # offline: a query's own frame is the query point, visible
+
+    def _visible(self, vis: np.ndarray, conf: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _to_tracks(self, clip: Clip, queries: np.ndarray, xy, vis, conf) -> Tracks:
+        """Model-pixel results ``(T, N, ...)`` -> source-pixel `Tracks`."""
+        geo = _Geometry(clip.size)
+        xy_src = clip.to_source_pixels(xy * geo.to_frame).astype(np.float32)
+        q_src = queries.astype(np.float64).copy()
+        q_src[:, 1:] = clip.to_source_pixels(queries[:, 1:] * geo.to_frame)
+        visible = self._visible(vis, conf)
+        if self.overwrite_query_frames and len(queries):
+            rows, cols = queries[:, 0].astype(int), np.arange(len(queries))
+            xy_src[rows, cols] = q_src[:, 1:]
+            visible[rows, cols] = True
+        return Tracks(
+            xy=xy_src, visible=visible, queries=q_src, frame_numbers=clip.frame_numbers,
+            frame_size=clip.source_size, fps=clip.fps, tracker=self.name,
+            visibility=vis, confidence=conf, options=dict(self.options),
+        )
+
+    def _track(self, clip: Clip, prompt: Prompt) -> Tracks:
+        queries, support = self._model_queries(clip.size, prompt)
+        groups = self._groups(len(queries), support)
+        xy, vis, conf = self._run(clip.frames, queries, groups, support, prompt.backward_tracking)
+        return self._to_tracks(clip, queries, xy, vis, conf)
+
+    def _run(self, frames, queries, groups, support, backward):
+        """Track model-pixel ``queries`` through uint8 ``frames``, one model call per group;
+        returns ``xy (T, N, 2)`` model pixels, visibility and confidence ``(T, N)``."""
+        raise NotImplementedError
+
+    def track_dense(
+        self,
+        video: VideoLike,
+        *,
+        grid_query_frame: int = 0,
+        backward_tracking: bool = False,
+        stride: int = 1,
+    ) -> Tracks:
+        """Track every ``stride``-th pixel (in x and y) of frame ``grid_query_frame``.
+
+        Pixels are those of the frames the engine decodes (512x384 for a path, the array's own
+        size for frames given in memory); tracks come in row-major pixel order, in source
+        pixels. Points go in interleaved sub-grids of at most ``max_points`` per model call.
+        """
+        clip = as_clip(video, size=self.input_size)
+        if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+            raise PromptError(f"dense stride must be an integer >= 1, got {stride!r}")
+        check_prompt(clip, grid_size=1, grid_query_frame=grid_query_frame)
+        w, h = clip.size
+        ys, xs = np.mgrid[0:h:stride, 0:w:stride]
+        n = xs.size
+        s = max(1, math.ceil(math.sqrt(n / self.max_points)))  # lattice step of the groups
+        groups = [
+            np.flatnonzero(((ys // stride) % s == oy).ravel() & ((xs // stride) % s == ox).ravel())
+            for oy in range(s) for ox in range(s)
+        ]
+        groups = [g for g in groups if len(g)]
+        frame_xy = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float32)
+        queries = np.concatenate(
+            [np.full((n, 1), grid_query_frame, np.float32),
+             frame_xy * _Geometry(clip.size).to_model], axis=1
+        )
+        xy, vis, conf = self._run(clip.frames, queries, groups, False, backward_tracking)
+        return self._to_tracks(clip, queries, xy, vis, conf)
+
+
+def _inside_mask(xy: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Which model-pixel points ``(N, 2)`` fall on ``mask (H, W)``: the mask is resized to
+    model resolution by nearest neighbour (source index floor(i * in / out)) and looked up at
+    the rounded point, as the official predictor does."""
+    mh, mw = mask.shape
+    W, H = MODEL_SIZE
+    ix = np.clip(np.round(xy[:, 0]), 0, W - 1).astype(np.float32)
+    iy = np.clip(np.round(xy[:, 1]), 0, H - 1).astype(np.float32)
+    sx = np.minimum(np.floor(ix * np.float32(mw / W)).astype(int), mw - 1)
+    sy = np.minimum(np.floor(iy * np.float32(mh / H)).astype(int), mh - 1)
+    return mask[sy, sx].astype(bool)
+
+
+def _support_points() -> np.ndarray:
+    xy = grid_points(MODEL_SIZE, SUPPORT_GRID)
+    return np.concatenate([np.zeros((len(xy), 1), np.float32), xy], axis=1)
+
+
+def _merge_backward(fwd, bwd, query_frames: np.ndarray):
+    """Use the backward pass (already flipped back) before each query's frame."""
+    T = fwd[0].shape[0]
+    before = np.arange(T)[:, None] < query_frames[None, :]
+    xy = np.where(before[..., None], bwd[0], fwd[0])
+    return (xy,) + tuple(np.where(before, b, f) for f, b in zip(fwd[1:], bwd[1:], strict=True))
+
+
+# -- Offline ----------------------------------------------------------------------------------
+
+
+@register("cotracker3-offline")
+class CoTracker3OfflineTracker(_CoTracker3Engine):
+    """CoTracker3 offline: sees the whole clip at once (best accuracy; memory grows with T).
+
+    Args:
+        checkpoint: registry name, path, URL or state dict (default ``scaled_offline``).
+        device: ``cpu``, ``cuda`` or ``auto``.
+        iters: refinement iterations.
+        max_points: points per model call (support points included); more go in groups.
+        support_grid: track a 6x6 support grid alongside queries and masks.
+        precision: ``fp32`` (parity with the official model), ``bf16`` or ``fp16``.
+    """
+
+    default_checkpoint = "scaled_offline"
+    model_class = CoTracker3Offline
+    overwrite_query_frames = True
+
+    def _visible(self, vis, conf):
+        return vis > 0.9
+
+    @torch.inference_mode()
+    def _run(self, frames, queries, groups, support, backward):
+        with self.autocast():
+            return self._run_offline(frames, queries, groups, support, backward)
+
+    def _run_offline(self, frames, queries, groups, support, backward):
+        model = self.model
+        T, N = len(frames), len(queries)
+        chunk = model.cfg.encoder_chunk
+        levels = [model.encode(self._frames_to_model(frames[i : i + chunk]))
+                  for i in range(0, T, chunk)]
+        pyramid = [torch.cat(level, dim=1) for level in zip(*levels, strict=True)]
+        reversed_pyramid = [p.flip(1) for p in pyramid] if backward else None
+        xy = np.zeros((T, N, 2), np.float32)
+        vis = np.zeros((T, N), np.float32)
+        conf = np.zeros((T, N), np.float32)
+        for idx in groups:
+            q = queries[idx]
+            if support:
+                q = np.concatenate([q, _support_points()])
+            qt = torch.from_numpy(q).to(self.device)[None]
+            out = self._numpy(model.track(pyramid, qt, self.iters))
+            if backward:
+                qt_rev = qt.clone()
+                qt_rev[..., 0] = T - 1 - qt_rev[..., 0]
+                rev = self._numpy(model.track(reversed_pyramid, qt_rev, self.iters))
+                out = _merge_backward(out, tuple(r[::-1] for r in rev), q[:, 0])
+            n = len(idx)
+            xy[:, idx], vis[:, idx], conf[:, idx] = (o[:, :n] for o in out)
+        return xy, vis, conf
+
+    @staticmethod
+    def _numpy(out):
+        return tuple(o[0].float().cpu().numpy() for o in out)
+
+
+# -- Online -----------------------------------------------------------------------------------
+
+
+@register("cotracker3-online")
+class CoTracker3OnlineTracker(_CoTracker3Engine):
+    """CoTracker3 online: windows of 16 frames moving by 8, memory bounded by the window.
+
+    `track` runs the windows over a whole clip; `stream` takes frames as they come.
+    Options as for ``cotracker3-offline`` (default checkpoint ``scaled_online``).
+    """
+
+    default_checkpoint = "scaled_online"
+    model_class = CoTracker3Online
+
+    def _visible(self, vis, conf):
+        return vis * conf > 0.6
+
+    def _run(self, frames, queries, groups, support, backward):
+        windows = _Windows(self, queries, groups, support)
+        windows.push(frames)
+        out = windows.finish()
+        if backward:
+            rev_queries = queries.copy()
+            rev_queries[:, 0] = len(frames) - 1 - rev_queries[:, 0]
+            windows = _Windows(self, rev_queries, groups, support)
+            windows.push(frames[::-1])
+            rev = windows.finish()
+            out = _merge_backward(out, tuple(r[::-1] for r in rev), queries[:, 0])
+        return out
+
+    def stream(
+        self,
+        *,
+        grid_size: int = 0,
+        queries: Any = None,
+        segm_mask: Any = None,
+        grid_query_frame: int = 0,
+    ) -> OnlineStream:
+        """A stream to `OnlineStream.push` frames into; prompt as for `track` (pixels of the
+        pushed frames; query frames count from the first frame pushed)."""
+        return OnlineStream(self, grid_size=grid_size, queries=queries, segm_mask=segm_mask,
+                            grid_query_frame=grid_query_frame)
+
+
+class _Windows:
+    """Runs the online model over frames pushed in any amounts.
+
+    A window of S frames starts every S/2 frames and runs once all its frames are in; the
+    last, shorter window runs at `finish`. Only the frames the next window needs are kept.
+    Rows before the current window are final; the rest may change with the next window.
+    """
+
+    def __init__(self, engine: CoTracker3OnlineTracker, queries: np.ndarray,
+                 groups: list[np.ndarray], support: bool) -> None:
+        self.engine, self.model = engine, engine.model
+        self.S, self.step = self.model.cfg.window_len, self.model.step
+        self.groups, self.N = groups, len(queries)
+        self.states = []
+        for idx in groups:
+            q = queries[idx]
+            if support:
+                q = np.concatenate([q, _support_points()])
+            self.states.append(self.model.init_state(torch.from_numpy(q).to(engine.device)[None]))
+        self.start = 0  # first frame of the next window
+        self.buffer: list[np.ndarray] = []  # frames from `start` on
+        self.received = 0
+        self.windows_run = 0
+        self.final: list[tuple[np.ndarray, ...]] = []  # rows [0, start)
+        self.pending: tuple[np.ndarray, ...] | None = None  # rows [start, start + S - step)
+        self.overlap: list[torch.Tensor] | None = None  # features of rows [start, start+S-step)
+
+    def push(self, frames: Iterable[np.ndarray]) -> None:
+        for frame in frames:
+            self.buffer.append(frame)
+            self.received += 1
+            if self.received == self.start + self.S:
+                self._run_window(self.S)
+
+    def finish(self) -> tuple[np.ndarray, ...]:
+        """Run the last window if frames are left, and return all rows."""
+        if self.windows_run == 0 or self.start + self.S - self.step < self.received:
+            if self.received > self.start:
+                self._run_window(self.received - self.start)
+        return self.rows()
+
+    def rows(self) -> tuple[np.ndarray, ...]:
+        parts = self.final + ([self.pending] if self.pending is not None else [])
+        if not parts:
+            empty = np.zeros((0, self.N), np.float32)
+            return np.zeros((0, self.N, 2), np.float32), empty, empty.copy()
+        return tuple(np.concatenate(p) for p in zip(*parts, strict=True))
+
+    @torch.inference_mode()
+    def _run_window(self, length: int) -> None:
+        # Features are per frame: reuse those of the frames shared with the previous window.
+        known = 0 if self.overlap is None else self.overlap[0].shape[1]
+        frames = self.engine._frames_to_model(np.stack(self.buffer[known:length]))
+        with self.engine.autocast():
+            new = self.model.encode(frames)
+        if self.overlap is not None:
+            new = [torch.cat(pair, dim=1) for pair in zip(self.overlap, new, strict=True)]
+        self.overlap = [p[:, self.step :].clone() for p in new] if length == self.S else None
+        pyramid = self.model.pad_window(new)
+        xy = np.zeros((length, self.N, 2), np.float32)
+        vis = np.zeros((length, self.N), np.float32)
+        conf = np.zeros((length, self.N), np.float32)
+        for idx, state in zip(self.groups, self.states, strict=True):
+            with self.engine.autocast():
+                out = self.model.track(pyramid, state, length, self.engine.iters)
+            c, v, f = (o[0].float().cpu().numpy() for o in out)
+            n = len(idx)
+            xy[:, idx], vis[:, idx], conf[:, idx] = c[:, :n], v[:, :n], f[:, :n]
+        # The next window starts `step` frames later and redoes the rest of this one.
+        self.final.append((xy[: self.step], vis[: self.step], conf[: self.step]))
+        self.pending = (xy[self.step :], vis[self.step :], conf[self.step :])
+        if length <= self.step:  # nothing left for a next window: all rows are final
+            self.pending = None
+            self.final[-1] = (xy, vis, conf)
+        self.start += self.step
+        self.buffer = self.buffer[self.step :]
+        self.windows_run += 1
+
+
+class OnlineStream:
+    """Online tracking of frames as they arrive (``tracker.stream(...)``).
+
+    ``push(frames)`` takes uint8 frames ``(T, H, W, 3)`` (or one ``(H, W, 3)``) and returns
+    `Tracks` of the frames covered by a window so far: a window runs once its 16 frames are
+    in, so up to 15 recent frames wait, and the last 8 rows returned may still be refined by
+    the next window. ``finish()`` runs the last window and returns the tracks of every frame,
+    identical to ``tracker.track()`` on all frames at once. Memory is bounded by the window
+    (plus the returned tracks), whatever the stream's length.
+    """
+
+    def __init__(self, engine: CoTracker3OnlineTracker, *, grid_size=0, queries=None,
+                 segm_mask=None, grid_query_frame=0) -> None:
+        self.engine = engine
+        self.prompt_args = dict(grid_size=grid_size, queries=queries, segm_mask=segm_mask,
+                                grid_query_frame=grid_query_frame)
+        self.windows: _Windows | None = None
+        self.size: tuple[int, int] | None = None
+        self.needed = 1  # frames the prompt refers to
+        self.finished = False
+
+    def _start(self, size: tuple[int, int]) -> None:
+        q = self.prompt_args["queries"]
+        if q is not None and hasattr(q, "detach"):
+            q = q.detach().cpu().numpy()
+        last = int(self.prompt_args["grid_query_frame"])
+        if q is not None and np.size(q) and np.ndim(q) == 2 and np.shape(q)[1] == 3:
+            qt = np.asarray(q, dtype=np.float64)[:, 0]
+            if np.isfinite(qt).all():
+                last = max(last, int(qt.max()))
+        self.needed = max(last, 0) + 1
+        # Check the prompt on a pixel-less clip long enough for every query frame.
+        w, h = size
+        shape = np.broadcast_to(np.zeros((), np.uint8), (self.needed, h, w, 3))
+        self.clip = Clip(shape, np.arange(self.needed), 0.0, size)
+        self.prompt = check_prompt(self.clip, **self.prompt_args)
+        self.queries, support = self.engine._model_queries(size, self.prompt)
+        groups = self.engine._groups(len(self.queries), support)
+        self.size = size
+        self.windows = _Windows(self.engine, self.queries, groups, support)
+
+    def push(self, frames: Any) -> Tracks:
+        if self.finished:
+            raise RuntimeError("this stream is finished; start a new one")
+        if hasattr(frames, "detach"):
+            frames = frames.detach().cpu().numpy()
+        frames = np.asarray(frames)
+        if frames.ndim == 3:
+            frames = frames[None]
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise PromptError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} "
+                              f"{frames.shape}")
+        size = (frames.shape[2], frames.shape[1])
+        if self.windows is None:
+            self._start(size)
+        elif size != self.size:
+            raise PromptError(f"frame size changed from {self.size[0]}x{self.size[1]} to "
+                              f"{size[0]}x{size[1]}")
+        self.windows.push(frames)
+        return self._tracks(self.windows.rows())
+
+    def finish(self) -> Tracks:
+        """Track the frames still waiting and return the tracks of the whole stream."""
+        if self.windows is None:
+            raise PromptError("no frames were pushed")
+        if self.windows.received < self.needed:
+            raise PromptError(f"the prompt refers to frame {self.needed - 1}, but the stream "
+                              f"ended after {self.windows.received} frames")
+        self.finished = True
+        return self._tracks(self.windows.finish())
+
+    def _tracks(self, rows) -> Tracks:
+        xy, vis, conf = rows
+        T = len(xy)
+        w, h = self.size
+        clip = Clip(np.broadcast_to(np.zeros((), np.uint8), (T, h, w, 3)), np.arange(T), 0.0,
+                    self.size)
+        return self.engine._to_tracks(clip, self.queries, xy, vis, conf)

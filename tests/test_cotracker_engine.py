@@ -1,0 +1,279 @@
+"""CoTracker3 engines: edge cases, point groups, dense tracking, streaming, checkpoints, CLI.
+
+Weights are synthetic (the parity recipe): the tracks mean nothing about the video, but
+shapes, coordinates, bookkeeping and determinism are all real.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pointtrack.models.cotracker3 import CoTracker3Offline, CoTracker3Online
+from pointtrack.models.weights import (
+    CHECKPOINTS,
+    CheckpointError,
+    load_state_dict,
+    load_weights,
+    model_shapes,
+    synthetic_state_dict,
+)
+from pointtrack.trackers import PromptError, load_tracker
+from pointtrack.tracks import Tracks
+from pointtrack.video import write_video
+
+
+def make_video(T: int, w: int, h: int, seed: int = 0) -> np.ndarray:
+    """A textured square moving right over a noise background."""
+    rng = np.random.default_rng(seed)
+    background = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+    patch = rng.integers(0, 255, (h // 3, w // 3, 3), dtype=np.uint8)
+    frames = []
+    for t in range(T):
+        f = background.copy()
+        x0 = min(w - patch.shape[1], t * 2)
+        f[h // 3 : h // 3 + patch.shape[0], x0 : x0 + patch.shape[1]] = patch
+        frames.append(f)
+    return np.stack(frames)
+
+
+@pytest.fixture(scope="module")
+def offline_weights() -> dict:
+    return synthetic_state_dict(model_shapes(CoTracker3Offline()), seed=0)
+
+
+@pytest.fixture(scope="module")
+def online_weights() -> dict:
+    return synthetic_state_dict(model_shapes(CoTracker3Online()), seed=0)
+
+
+@pytest.fixture(scope="module")
+def offline(offline_weights):
+    return load_tracker("cotracker3-offline", checkpoint=offline_weights)
+
+
+@pytest.fixture(scope="module")
+def online(online_weights):
+    return load_tracker("cotracker3-online", checkpoint=online_weights)
+
+
+def check_tracks(tracks: Tracks, T: int, N: int, size: tuple[int, int]) -> None:
+    assert tracks.xy.shape == (T, N, 2)
+    assert np.isfinite(tracks.xy).all()
+    assert tracks.frame_size == size
+    for p in (tracks.visibility, tracks.confidence):
+        assert p is not None and p.shape == (T, N) and (p >= 0).all() and (p <= 1).all()
+
+
+# -- Edge cases -------------------------------------------------------------------------------
+
+
+def test_one_frame_video_offline_and_online(offline, online):
+    video = make_video(1, 40, 30)
+    q = np.array([[0, 10.5, 20.0]])
+    for tracker in (offline, online):
+        tracks = tracker.track(video, queries=q)
+        check_tracks(tracks, 1, 1, (40, 30))
+        assert tracks.tracker == tracker.name
+        assert tracks.options["checkpoint"] == "<state dict>"
+    # Offline: a query's own frame is the query point, visible.
+    tracks = offline.track(video, queries=q)
+    np.testing.assert_allclose(tracks.xy[0, 0], [10.5, 20.0], atol=1e-4)
+    assert tracks.visible[0, 0]
+
+
+def test_query_on_last_frame_small_video_backward(offline):
+    """Video smaller than 384x512 (resized inside), a query on the last frame, tracked back."""
+    video = make_video(3, 48, 36)
+    q = np.array([[2, 47.0, 35.0], [0, 0.0, 0.0], [1, 24.0, 18.0]])
+    tracks = offline.track(video, queries=q, backward_tracking=True)
+    check_tracks(tracks, 3, 3, (48, 36))
+    np.testing.assert_allclose(tracks.xy[[2, 0, 1], [0, 1, 2]], q[:, 1:], atol=1e-4)
+    assert tracks.visible[[2, 0, 1], [0, 1, 2]].all()
+    np.testing.assert_allclose(tracks.queries, q, atol=1e-4)
+    # Forward only: the frames before the last-frame query differ from the backward pass.
+    forward = offline.track(video, queries=q)
+    assert not np.allclose(forward.xy[:2, 0], tracks.xy[:2, 0])
+    np.testing.assert_array_equal(forward.xy[:, 1], tracks.xy[:, 1])  # query on frame 0
+
+
+def test_single_point_and_grid_with_mask(offline):
+    video = make_video(2, 64, 48)
+    tracks = offline.track(video, queries=[[1, 30.0, 12.0]])
+    check_tracks(tracks, 2, 1, (64, 48))
+    mask = np.zeros((48, 64), bool)
+    mask[:, :32] = True  # left half
+    tracks = offline.track(video, grid_size=4, segm_mask=mask, grid_query_frame=1)
+    check_tracks(tracks, 2, 8, (64, 48))  # the 2 left columns of the 4x4 grid
+    assert (tracks.queries[:, 0] == 1).all() and (tracks.queries[:, 1] < 32).all()
+    with pytest.raises(PromptError, match="mask"):
+        tiny = np.zeros((48, 64), bool)
+        tiny[24, 32] = True
+        offline.track(video, grid_size=2, segm_mask=tiny)
+
+
+def test_many_points_are_tracked_in_round_robin_groups(offline_weights):
+    video = make_video(2, 64, 48)
+    rng = np.random.default_rng(1)
+    q = np.column_stack([rng.integers(0, 2, 6), rng.uniform(0, 63, 6), rng.uniform(0, 47, 6)])
+    small = load_tracker("cotracker3-offline", checkpoint=offline_weights, max_points=38)
+    whole = small.track(video, queries=q)  # 2 queries + 36 support points per call: 3 groups
+    check_tracks(whole, 2, 6, (64, 48))
+    big = load_tracker("cotracker3-offline", checkpoint=offline_weights)
+    group = big.track(video, queries=q[0::3])
+    np.testing.assert_allclose(whole.xy[:, 0::3], group.xy, atol=1e-4)
+    np.testing.assert_allclose(whole.visibility[:, 0::3], group.visibility, atol=1e-5)
+
+
+def test_track_dense_every_pixel(offline_weights):
+    video = make_video(2, 16, 12)
+    tracker = load_tracker("cotracker3-offline", checkpoint=offline_weights, max_points=100)
+    tracks = tracker.track_dense(video, grid_query_frame=1)
+    check_tracks(tracks, 2, 16 * 12, (16, 12))
+    ys, xs = np.mgrid[0:12, 0:16]
+    pixels = np.stack([xs.ravel(), ys.ravel()], axis=1)
+    np.testing.assert_allclose(tracks.queries[:, 1:], pixels, atol=1e-4)
+    np.testing.assert_allclose(tracks.xy[1], pixels, atol=1e-4)  # the query frame
+    sparse = tracker.track_dense(video, stride=4)
+    assert sparse.num_tracks == 4 * 3
+
+
+# -- Online: streaming ------------------------------------------------------------------------
+
+
+def test_stream_equals_track(online):
+    video = make_video(17, 32, 24)  # two windows: [0, 16) and [8, 17)
+    q = np.array([[0, 5.0, 5.0], [3, 20.0, 10.0], [16, 31.0, 23.0]])  # one on the last frame
+    whole = online.track(video, queries=q)
+    check_tracks(whole, 17, 3, (32, 24))
+
+    stream = online.stream(queries=q)
+    partial = [stream.push(video[a:b]) for a, b in ((0, 5), (5, 7), (7, 16), (16, 17))]
+    assert [p.num_frames for p in partial] == [0, 0, 16, 16]  # a window needs 16 frames
+    final = stream.finish()
+    assert final.equals(whole)
+    np.testing.assert_array_equal(partial[2].xy[:8], whole.xy[:8])  # rows before window 2
+    with pytest.raises(RuntimeError, match="finished"):
+        stream.push(video[:1])
+
+
+def test_stream_checks_frames_and_prompt(online):
+    stream = online.stream(grid_size=3, grid_query_frame=4)
+    assert stream.push(make_video(3, 32, 24)).num_frames == 0  # no window yet: nothing run
+    with pytest.raises(PromptError, match="size changed"):
+        stream.push(make_video(1, 30, 24))
+    with pytest.raises(PromptError, match="frame 4"):
+        stream.finish()
+    with pytest.raises(PromptError, match="outside"):
+        online.stream(queries=[[0, 40.0, 1.0]]).push(make_video(1, 32, 24))
+
+
+# -- Checkpoints ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hub_dir(tmp_path):
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    yield tmp_path / "hub"
+    torch.hub.set_dir(old)
+
+
+def test_file_url_download_local_path_and_checkpoint_dir(offline_weights, tmp_path, hub_dir,
+                                                         monkeypatch):
+    path = tmp_path / "weights" / "scaled_offline.pth"
+    path.parent.mkdir()
+    torch.save(offline_weights, path)
+    state = load_state_dict(path.as_uri(), "scaled_offline", progress=False)
+    assert (hub_dir / "checkpoints" / "scaled_offline.pth").is_file()  # in the hub cache
+    assert torch.equal(state["fnet.conv1.weight"], offline_weights["fnet.conv1.weight"])
+    model = load_weights(CoTracker3Offline(), str(path), "scaled_offline")
+    assert torch.equal(model.corr_mlp.fc1.weight, offline_weights["corr_mlp.fc1.weight"])
+    # A directory of checkpoints for machines without internet, used by registry name.
+    monkeypatch.setenv("POINTTRACK_CHECKPOINT_DIR", str(path.parent))
+    state = load_state_dict(None, "scaled_offline")
+    assert torch.equal(state["time_emb"], offline_weights["time_emb"])
+    # Training checkpoints wrap the weights in {"model": ...}.
+    torch.save({"model": offline_weights}, tmp_path / "wrapped.pth")
+    assert "time_emb" in load_state_dict(str(tmp_path / "wrapped.pth"), "scaled_offline")
+
+
+def test_bad_keys_are_listed(offline_weights, tmp_path):
+    state = dict(offline_weights)
+    del state["corr_mlp.fc2.bias"]
+    state["extra.weight"] = torch.zeros(3)
+    state["time_emb"] = torch.zeros(1, 16, 1110)  # the online model's window
+    with pytest.raises(CheckpointError) as e:
+        load_weights(CoTracker3Offline(), state, "scaled_offline")
+    message = str(e.value)
+    assert "missing" in message and "corr_mlp.fc2.bias" in message
+    assert "unexpected" in message and "extra.weight" in message
+    assert "mis-shaped" in message and "time_emb (1, 16, 1110)" in message
+    with pytest.raises(CheckpointError, match="neither a file"):
+        load_state_dict("/no/such/file.pth", "scaled_offline")
+    bad = tmp_path / "notes.pth"
+    bad.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable"):
+        load_state_dict(str(bad), "scaled_offline")
+
+
+def test_offline_machine_error_names_url_cache_and_fix(hub_dir, monkeypatch):
+    monkeypatch.delenv("POINTTRACK_CHECKPOINT_DIR", raising=False)
+    url = "http://127.0.0.1:9/cotracker3/scaled_offline.pth"  # nothing listens there
+    monkeypatch.setitem(CHECKPOINTS, "scaled_offline", url)
+    tracker = load_tracker("cotracker3-offline")  # weights load on first use
+    with pytest.raises(CheckpointError) as e:
+        tracker.track(make_video(1, 16, 12), grid_size=1)
+    message = str(e.value)
+    assert url in message
+    assert str(hub_dir / "checkpoints" / "scaled_offline.pth") in message
+    assert "--checkpoint" in message and "POINTTRACK_CHECKPOINT_DIR" in message
+    assert isinstance(e.value, RuntimeError)
+
+
+def test_options_are_checked():
+    with pytest.raises(ValueError, match="device"):
+        load_tracker("cotracker3-offline", device="tpu")
+    with pytest.raises(ValueError, match="iters"):
+        load_tracker("cotracker3-online", iters=0)
+    with pytest.raises(ValueError, match="precision"):
+        load_tracker("cotracker3-online", precision="int8")
+
+
+def test_bf16_is_close_to_fp32(offline_weights, offline):
+    video = make_video(2, 32, 24)
+    q = [[0, 10.0, 10.0], [1, 20.0, 5.0]]
+    fp32 = offline.track(video, queries=q)
+    bf16 = load_tracker("cotracker3-offline", checkpoint=offline_weights, precision="bf16")
+    tracks = bf16.track(video, queries=q)
+    assert tracks.xy.dtype == np.float32 and tracks.options["precision"] == "bf16"
+    assert 0 < np.abs(tracks.xy - fp32.xy).max() < 2.0  # px of the 32x24 video
+
+
+# -- CLI --------------------------------------------------------------------------------------
+
+
+def test_cli_track_with_checkpoint_file(offline_weights, tmp_path):
+    cli = pytest.importorskip("pointtrack.cli")
+    try:
+        import pointtrack.cli.track  # noqa: F401
+    except ImportError:
+        pytest.skip("the track command is not there yet")
+    checkpoint = tmp_path / "synthetic_offline.pth"
+    torch.save(offline_weights, checkpoint)
+    video = tmp_path / "clip.mp4"
+    write_video(video, make_video(3, 64, 48), fps=10)
+    out = tmp_path / "clip.tracks.npz"
+    code = cli.main(["track", str(video), "--engine", "cotracker3-offline", "--checkpoint",
+                     str(checkpoint), "--device", "cpu", "--grid-size", "3", "--out", str(out)])
+    assert code == 0
+    tracks = Tracks.load(out)
+    assert tracks.tracker == "cotracker3-offline"
+    assert tracks.xy.shape == (3, 9, 2) and tracks.frame_size == (64, 48)
+    # Grid points start inside the 64x48 source frame, on frame 0.
+    assert (tracks.xy[0, :, 0] >= 0).all() and (tracks.xy[0, :, 0] <= 64).all()
+    assert tracks.visible[0].all()
+    code = cli.main(["track", str(video), "--engine", "cotracker3-offline", "--checkpoint",
+                     str(tmp_path / "missing.pth"), "--grid-size", "3", "--out", str(out)])
+    assert code == 2
