@@ -80,7 +80,7 @@ class _CoTracker3Engine(Tracker):
         checkpoint: CheckpointLike = None,
         device: str = "cpu",
         iters: int = 6,
-        max_points: int = 4096,
+        max_points: int = 65536,
         support_grid: bool = True,
         precision: str = "fp32",
         progress: bool = True,
