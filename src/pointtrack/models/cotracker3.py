@@ -129,26 +129,55 @@ class FeatureEncoder(nn.Module):
 # -- 3. Sampling helpers ----------------------------------------------------------------------
 
 
-def patch_offsets(radius: int, device=None, dtype=torch.float32) -> Tensor:
-    """``(P*P, 2)`` offsets (dx, dy) of a square patch; dx varies slowest.
+def gather_windows(fmaps: Tensor, xy: Tensor, frames: Tensor, radius: int) -> Tensor:
+    """The ``(P+1) x (P+1)`` pixel windows (P = 2r+1) under bilinear patches around points.
 
-    The order matters: the correlation MLP was trained on patches flattened this way.
+    Args:
+        fmaps: ``(B, T, H, W, C)`` features.
+        xy: ``(B, n, K, 2)`` patch centres in feature pixels (integers are pixel centres,
+            as with ``align_corners=True``).
+        frames: ``(B, n, K)`` frame of each centre.
+
+    Returns:
+        ``(B, n, K, P+1, P+1, C)`` windows indexed (x, y), whose top-left pixel is the floor
+        of the centre minus r. Outside the map, pixels repeat the border (clamping whole-pixel
+        indices equals border padding of the coordinates).
+
+    The patch offsets are whole pixels, so all P*P samples of a patch share one pair of
+    bilinear weights (see `blend`): a window read once serves the whole patch.
     """
-    d = torch.linspace(-radius, radius, 2 * radius + 1, device=device, dtype=dtype)
-    dx, dy = torch.meshgrid(d, d, indexing="ij")
-    return torch.stack([dx, dy], dim=-1).reshape(-1, 2)
+    B, T, H, W, C = fmaps.shape
+    P = 2 * radius + 1
+    corner = xy.floor().long() - radius
+    steps = torch.arange(P + 1, device=xy.device)
+    xs = (corner[..., 0, None] + steps).clamp(0, W - 1)  # B n K P+1
+    ys = (corner[..., 1, None] + steps).clamp(0, H - 1)
+    index = (frames[..., None, None] * H + ys[..., None, :]) * W + xs[..., :, None]
+    flat = fmaps.reshape(B, T * H * W, C)
+    if B == 1:  # the usual case: no stacking copy
+        return flat[0][index[0]][None]
+    return torch.stack([flat[b][index[b]] for b in range(B)])
 
 
-def sample_points(fmap: Tensor, xy: Tensor) -> Tensor:
-    """Bilinear samples of ``fmap (B, C, H, W)`` at pixels ``xy (B, M, 2)`` -> ``(B, M, C)``.
+def blend(window: Tensor, xy: Tensor) -> Tensor:
+    """Bilinear patches ``(B, n, K, P, P, D)`` from windows ``(B, n, K, P+1, P+1, D)`` of
+    `gather_windows` (or anything linear in them) at centres ``xy (B, n, K, 2)``."""
+    frac = (xy - xy.floor()).to(window.dtype)
+    fx, fy = (frac[..., i, None, None, None] for i in (0, 1))
+    # In place: the window and the result are the largest tensors here.
+    out = window[..., :-1, :-1, :] * ((1 - fx) * (1 - fy))
+    out.addcmul_(window[..., 1:, :-1, :], fx * (1 - fy))
+    out.addcmul_(window[..., :-1, 1:, :], (1 - fx) * fy)
+    out.addcmul_(window[..., 1:, 1:, :], fx * fy)
+    return out
 
-    Pixel centres are integers (align_corners=True); outside points take the border value.
-    """
-    B, C, H, W = fmap.shape
-    scale = xy.new_tensor([2 / max(W - 1, 1), 2 / max(H - 1, 1)])
-    grid = (xy * scale - 1).unsqueeze(2)  # B M 1 2
-    out = F.grid_sample(fmap, grid, mode="bilinear", padding_mode="border", align_corners=True)
-    return out[..., 0].transpose(1, 2)
+
+def sample_patches(fmaps: Tensor, xy: Tensor, frames: Tensor, radius: int) -> Tensor:
+    """Bilinear ``(2r+1) x (2r+1)`` patches ``(B, n, K, P*P, C)`` of channels-last features
+    ``(B, T, H, W, C)`` around ``xy (B, n, K, 2)`` on ``frames (B, n, K)``, flattened with x
+    varying slowest (the order the correlation MLP was trained on)."""
+    patches = blend(gather_windows(fmaps, xy, frames, radius), xy)
+    return patches.reshape(*xy.shape[:3], -1, fmaps.shape[-1])
 
 
 def motion_encoding(delta: Tensor, num_freqs: int) -> Tensor:
@@ -316,7 +345,7 @@ class CoTracker3(nn.Module):
 
     def encode(self, video: Tensor) -> list[Tensor]:
         """Frames ``(B, T, 3, H, W)`` in 0..255 -> pyramid of unit-norm features, level l of
-        shape ``(B, T, C, H/4/2^l, W/4/2^l)``."""
+        shape ``(B, T, H/4/2^l, W/4/2^l, C)`` (channels last: patches gather whole vectors)."""
         B, T = video.shape[:2]
         frames = video.reshape(B * T, *video.shape[2:])
         chunks = []
@@ -329,7 +358,7 @@ class CoTracker3(nn.Module):
         for _ in range(self.cfg.corr_levels - 1):
             fmap = F.avg_pool2d(fmap, 2, stride=2)
             pyramid.append(fmap)
-        return [f.reshape(B, T, *f.shape[1:]) for f in pyramid]
+        return [f.permute(0, 2, 3, 1).reshape(B, T, *f.shape[2:], f.shape[1]) for f in pyramid]
 
     def query_features(
         self, pyramid: list[Tensor], frames: Tensor, xy: Tensor, valid: Tensor | None = None
@@ -339,50 +368,42 @@ class CoTracker3(nn.Module):
         ``frames (B, N)`` index the pyramid's time axis, ``xy (B, N, 2)`` are feature pixels.
         Queries where ``valid (B, N)`` is False get zeros.
         """
-        B, N = frames.shape
-        offsets = patch_offsets(self.cfg.corr_radius, xy.device, xy.dtype)
         out = []
         for level, fmaps in enumerate(pyramid):
-            C = fmaps.shape[2]
-            feats = fmaps.new_zeros(B, N, len(offsets), C)
-            for b in range(B):
-                ok = torch.ones_like(frames[b], dtype=torch.bool) if valid is None else valid[b]
-                for t in frames[b][ok].unique().tolist():
-                    sel = ok & (frames[b] == t)
-                    pts = xy[b, sel][:, None] / 2**level + offsets  # n P*P 2
-                    samples = sample_points(fmaps[b, t][None], pts.reshape(1, -1, 2))
-                    feats[b, sel] = samples.reshape(-1, len(offsets), C).to(feats.dtype)
+            feats = sample_patches(
+                fmaps, xy[:, :, None] / 2**level, frames[:, :, None], self.cfg.corr_radius
+            )[:, :, 0]
+            if valid is not None:
+                feats = feats * valid[..., None, None].to(feats.dtype)
             out.append(feats)
         return out
 
     # Refinement -------------------------------------------------------------------------------
 
-    def correlate(self, pyramid: list[Tensor], coords: Tensor, support: list[Tensor]) -> Tensor:
-        """4D correlation embeddings ``(B, T, N, levels * 256)``.
+    def correlate(self, pyramid: list[Tensor], xy: Tensor, support: list[Tensor]) -> Tensor:
+        """4D correlation embeddings ``(B, n, T, levels * 256)`` of tracks at ``xy (B, n, T,
+        2)`` (feature pixels).
 
         At every level, the P*P features around each track's current position are dotted with
         the P*P features around its query: a (P*P) x (P*P) volume, embedded by `corr_mlp`.
-        Computed in chunks of points to bound memory (exact).
         """
-        B, T, N, _ = coords.shape
-        P2, C = self.cfg.patch**2, self.cfg.latent_dim
-        offsets = patch_offsets(self.cfg.corr_radius, coords.device, coords.dtype)
-        chunk = max(1, self.cfg.corr_budget // (B * T * P2 * C))
-        out = []
-        for n0 in range(0, N, chunk):
-            xy = coords[:, :, n0 : n0 + chunk]  # B T n 2
-            n = xy.shape[2]
-            embs = []
-            for level, fmaps in enumerate(pyramid):
-                pts = xy[..., None, :] / 2**level + offsets  # B T n P2 2
-                patches = sample_points(
-                    fmaps.reshape(B * T, *fmaps.shape[2:]), pts.reshape(B * T, n * P2, 2)
-                ).reshape(B, T, n, P2, C)
-                query = support[level][:, None, n0 : n0 + chunk]  # B 1 n P2 C
-                volume = patches @ query.transpose(-1, -2)  # B T n P2 P2
-                embs.append(self.corr_mlp(volume.reshape(B, T, n, P2 * P2)))
-            out.append(torch.cat(embs, dim=-1))
-        return torch.cat(out, dim=2)
+        B, n, T, _ = xy.shape
+        P2 = self.cfg.patch**2
+        frames = torch.arange(T, device=xy.device).expand(B, n, T)
+        embs = []
+        for level, fmaps in enumerate(pyramid):
+            at = xy / 2**level
+            window = gather_windows(fmaps, at, frames, self.cfg.corr_radius)
+            C, U = window.shape[-1], window.shape[-2] ** 2
+            query = support[level].to(window.dtype)  # B n P2 C
+            # Correlate the window's pixels with the query patch first, then blend: the dot
+            # product is linear, and P2 (49) channels are cheaper to blend than C (128).
+            window_corr = torch.bmm(
+                window.reshape(B * n, T * U, C), query.reshape(B * n, P2, C).transpose(1, 2)
+            ).reshape(*window.shape[:-1], P2)
+            volume = blend(window_corr, at)  # B n T P P P2
+            embs.append(self.corr_mlp(volume.reshape(B, n, T, P2 * P2)))
+        return torch.cat(embs, dim=-1)
 
     def time_embedding(self, T: int) -> Tensor:
         """``(1, T, D)``: the learned embedding, linearly resampled when T differs."""
@@ -417,13 +438,18 @@ class CoTracker3(nn.Module):
             tokens = None
             for n0 in range(0, N, chunk):
                 part = slice(n0, n0 + chunk)
-                corr = self.correlate(pyramid, coords[:, :, part], [s[:, part] for s in support])
-                x = torch.cat(
-                    [vis[..., part, None], conf[..., part, None], corr,
-                     motion_encoding(motion[:, :, part], self.cfg.num_freqs)],
-                    dim=-1,
-                )
-                x = self.updateformer.input_transform(x.transpose(1, 2) + time_emb[:, None])
+                xy = coords[:, :, part].transpose(1, 2)  # B n T 2
+                corr = self.correlate(pyramid, xy, [s[:, part] for s in support])
+                parts = [
+                    vis[..., part, None].transpose(1, 2),
+                    conf[..., part, None].transpose(1, 2),
+                    corr,
+                    motion_encoding(motion[:, :, part].transpose(1, 2), self.cfg.num_freqs),
+                ]
+                # In the correlation's dtype: fp32, or bf16/fp16 under autocast, where the
+                # transformer would cast its input anyway.
+                x = torch.cat([t.to(corr.dtype) for t in parts], dim=-1)  # B n T D
+                x = self.updateformer.input_transform(x + time_emb[:, None].to(x.dtype))
                 if tokens is None:
                     tokens = x.new_empty(B, N, T, x.shape[-1])
                 tokens[:, part] = x
