@@ -58,8 +58,9 @@ def resize_uint8(frames: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
 
 
 def measure(fn, repeats: int) -> dict:
-    """Median seconds over ``repeats`` runs after a warm-up, and the peak memory of one run."""
-    fn()  # warm-up: kernels, allocator, autotuning
+    """Median seconds over ``repeats`` runs after a warm-up, and the peak memory of one run;
+    ``output`` is the warm-up run's result."""
+    output = fn()  # warm-up: kernels, allocator, autotuning
     torch.cuda.synchronize()
     times = []
     peak = 0
@@ -74,7 +75,18 @@ def measure(fn, repeats: int) -> dict:
         torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
         peak = max(peak, torch.cuda.max_memory_allocated() - base)
-    return {"seconds": float(np.median(times)), "peak_gib": peak / 2**30, "runs": times}
+    return {"seconds": float(np.median(times)), "peak_gib": peak / 2**30, "runs": times,
+            "output": output}
+
+
+def agreement(tracks, reference) -> dict:
+    """How far reduced-precision tracks are from the fp32 ones (source pixels)."""
+    dist = np.linalg.norm(tracks.xy - reference.xy, axis=-1)
+    return {
+        "vs_fp32_median_px": float(np.median(dist)),
+        "vs_fp32_p95_px": float(np.percentile(dist, 95)),
+        "vs_fp32_visible_agree": float((tracks.visible == reference.visible).mean()),
+    }
 
 
 def ours(case: dict, frames_model: np.ndarray, state_dict: dict, precision: str):
@@ -90,8 +102,7 @@ def ours(case: dict, frames_model: np.ndarray, state_dict: dict, precision: str)
         from pointtrack.video import Clip
 
         clip = Clip(frames_model, np.arange(len(frames_model)), 30.0, (W, H))
-        tracks = tracker.track(clip, grid_size=case["grid"])
-        return tracks.xy
+        return tracker.track(clip, grid_size=case["grid"])
 
     return run
 
@@ -182,7 +193,12 @@ def main(argv=None) -> int:
             )
             gc.collect()
             torch.cuda.empty_cache()
+        fp32 = results.get("pointtrack-fp32", {}).get("output")
         for impl, r in results.items():
+            output = r.pop("output", None)
+            if fp32 is not None and output is not None and impl.startswith("pointtrack-") \
+                    and impl != "pointtrack-fp32":
+                r.update(agreement(output, fp32))
             row = {"case": name, "impl": impl, **case, **r}
             if r.get("seconds"):
                 row["fps"] = case["frames"] / r["seconds"]
@@ -203,7 +219,8 @@ def main(argv=None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"\n{meta['device']}, torch {meta['torch']}, {meta['date']}")
-    print(f"{'case':28} {'impl':18} {'s':>7} {'fps':>7} {'GiB':>7} {'x faster':>8} {'x leaner':>8}")
+    print(f"{'case':28} {'impl':18} {'s':>7} {'fps':>7} {'GiB':>7} {'x faster':>8} {'x leaner':>8}"
+          f" {'vs fp32 px (med/p95)':>20} {'vis agree':>9}")
     for row in rows:
         print(_row(row))
     return 0
@@ -219,6 +236,8 @@ def _row(row: dict) -> str:
         f"{row['case']:28} {row['impl']:18} {f(row.get('seconds'), '7.3f')} "
         f"{f(row.get('fps'), '7.1f')} {f(row.get('peak_gib'), '7.2f')} "
         f"{f(row.get('speedup'), '8.1f')} {f(row.get('memory_ratio'), '8.1f')}"
+        + (f" {row['vs_fp32_median_px']:9.3f}/{row['vs_fp32_p95_px']:<10.3f}"
+           f" {row['vs_fp32_visible_agree']:9.3f}" if "vs_fp32_median_px" in row else "")
     )
 
 

@@ -70,6 +70,8 @@ def load_engine(args: argparse.Namespace):
         return load_tracker(args.engine, **engine_options(args))
     except TypeError as e:
         raise CLIError(f"engine {args.engine!r} does not take these options ({e})") from e
+    except ValueError as e:  # a bad device, precision or iteration count
+        raise CLIError(f"engine {args.engine!r}: {e}") from e
 
 
 def read_queries(path: str) -> np.ndarray:
