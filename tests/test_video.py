@@ -24,7 +24,9 @@ def test_resize_at_decode(make_video):
     clip = read_clip(path, size=(64, 48))
     assert clip.frames.shape == (4, 48, 64, 3)
     assert clip.source_size == (160, 120) and clip.size == (64, 48)
-    np.testing.assert_allclose(clip.to_source_pixels([[32, 24]]), [[80, 60]])
+    # Pixel centres map like the resize does: x_src = (x + 0.5) * 2.5 - 0.5.
+    np.testing.assert_allclose(clip.to_source_pixels([[32, 24]]), [[80.75, 60.75]])
+    np.testing.assert_allclose(clip.to_frame_pixels(clip.to_source_pixels([[3, 4]])), [[3, 4]])
     # The downscaled frame is the downscaled source, not something else.
     import cv2
 
@@ -122,3 +124,20 @@ def test_zero_frame_container(tmp_path):
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
     with pytest.raises(VideoError, match="zero.mp4"):
         read_clip(path)
+
+
+def test_frame_to_source_pixels_keeps_image_position(tmp_path):
+    """A blob at source (100, 60) decoded at a quarter of the size maps back to (100, 60):
+    the resize's half-pixel convention, not a plain scale (which is off by 1.5 px here)."""
+    import cv2
+
+    yy, xx = np.mgrid[0:240, 0:400]
+    blob = np.exp(-((xx - 100.0) ** 2 + (yy - 60.0) ** 2) / (2 * 8.0**2))
+    frame = (blob * 255).astype(np.uint8)
+    path = encode_with_pyav(tmp_path / "blob.mkv", frame[None].repeat(2, 0), codec="ffv1",
+                            pix_fmt="gray", fmt="gray")
+    clip = read_clip(path, size=(100, 60))
+    small = clip.frames[0, ..., 0].astype(np.float64)
+    m = cv2.moments(small)
+    centroid = np.array([[m["m10"] / m["m00"], m["m01"] / m["m00"]]])
+    np.testing.assert_allclose(clip.to_source_pixels(centroid), [[100, 60]], atol=0.3)

@@ -69,11 +69,14 @@ class Clip:
         (w, h), (W, H) = self.size, self.source_size
         return np.array([W / w, H / h], dtype=np.float64)
 
+    # Pixel centres are integers. A resize maps source centre x to frame (x + 0.5) / s - 0.5
+    # (what swscale and cv2 do), so a point keeps its place in the image, not its index.
+
     def to_frame_pixels(self, xy: np.ndarray) -> np.ndarray:
-        return np.asarray(xy, dtype=np.float64) / self.scale
+        return (np.asarray(xy, dtype=np.float64) + 0.5) / self.scale - 0.5
 
     def to_source_pixels(self, xy: np.ndarray) -> np.ndarray:
-        return np.asarray(xy, dtype=np.float64) * self.scale
+        return (np.asarray(xy, dtype=np.float64) + 0.5) * self.scale - 0.5
 
 
 def _open(path: str | os.PathLike) -> av.container.InputContainer:
