@@ -251,6 +251,22 @@ def test_bf16_is_close_to_fp32(offline_weights, offline):
     assert 0 < np.abs(tracks.xy - fp32.xy).max() < 2.0  # px of the 32x24 video
 
 
+def test_bf16_online_backward_and_stream(online_weights):
+    """bf16 converts the whole network: every online path runs and stays near fp32."""
+    video = make_video(17, 32, 24)
+    q = np.array([[4, 5.0, 5.0], [9, 20.0, 10.0]])
+    fp32 = load_tracker("cotracker3-online", checkpoint=online_weights)
+    bf16 = load_tracker("cotracker3-online", checkpoint=online_weights, precision="bf16")
+    ref = fp32.track(video, queries=q, backward_tracking=True)
+    tracks = bf16.track(video, queries=q, backward_tracking=True)
+    assert tracks.xy.dtype == np.float32 and np.isfinite(tracks.xy).all()
+    assert 0 < np.median(np.abs(tracks.xy - ref.xy)) < 2.0  # px of the 32x24 video
+    stream = bf16.stream(queries=q)
+    stream.push(video[:9])
+    stream.push(video[9:])
+    assert stream.finish().equals(bf16.track(video, queries=q))
+
+
 # -- CLI --------------------------------------------------------------------------------------
 
 

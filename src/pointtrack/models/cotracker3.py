@@ -351,6 +351,7 @@ class CoTracker3(nn.Module):
         chunks = []
         for i in range(0, B * T, self.cfg.encoder_chunk):
             x = frames[i : i + self.cfg.encoder_chunk] / 255.0 * 2 - 1
+            x = x.to(self.fnet.conv1.weight.dtype)  # a model converted to bf16 takes bf16
             f = self.fnet(x)
             chunks.append(f / f.square().sum(1, keepdim=True).clamp_min(1e-12).sqrt())
         fmap = torch.cat(chunks)

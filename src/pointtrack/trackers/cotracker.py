@@ -113,15 +113,19 @@ class _CoTracker3Engine(Tracker):
         if self._model is None:
             model = self.model_class()
             load_weights(model, self.checkpoint, self.default_checkpoint, progress=self.progress)
-            self._model = model.to(self.device).eval()
+            # bf16 keeps fp32's range: the whole network runs in it (no per-op casts); positions
+            # and logits still accumulate in fp32 inside the model.
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+            self._model = model.to(self.device, dtype).eval()
             self.checkpoint = None  # the weights live in the model now
         return self._model
 
     def autocast(self):
-        """Context for model calls: fp32 as is, or autocast to bf16/fp16 (a speed option;
-        parity with the official outputs holds in fp32 only)."""
+        """Context for model calls: fp32 and bf16 (weights converted) as they are, fp16 through
+        autocast, which keeps the ops that overflow in fp32 (a speed option; parity with the
+        official outputs holds in fp32 only)."""
         dtype = PRECISIONS[self.precision]
-        if dtype is None:
+        if dtype is None or self.precision == "bf16":
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=dtype)
 
