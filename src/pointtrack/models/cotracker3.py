@@ -21,15 +21,19 @@ the stride). Module and parameter names give the state-dict keys of the official
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import corr_triton
 
-@dataclass
+
+@dataclasses.dataclass
 class CoTracker3Config:
     window_len: int = 60  # frames per window: 60 offline (interpolated to T), 16 online
     stride: int = 4  # feature map stride
@@ -47,6 +51,7 @@ class CoTracker3Config:
     encoder_chunk: int = 8  # frames per CNN batch (bounds activation memory, exact)
     corr_budget: int = 2**26  # elements of a correlation patch tensor (chunks over points)
     token_budget: int = 2**16  # tokens per transformer chunk (bounds activations, exact)
+    cuda_graphs: bool = True  # online, on GPU: windows replay one captured CUDA graph
 
     @property
     def patch(self) -> int:
@@ -207,7 +212,14 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, out_dim or in_dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        if x.is_cuda and self.act.approximate == "tanh" and x.dtype != torch.float32:
+            # cuBLAS applies this GELU in the matrix product's epilogue: one pass fewer.
+            hidden = torch._addmm_activation(
+                self.fc1.bias, x.reshape(-1, x.shape[-1]), self.fc1.weight.t(), use_gelu=True
+            ).reshape(*x.shape[:-1], -1)
+        else:
+            hidden = self.act(self.fc1(x))
+        return self.fc2(hidden)
 
 
 class Attention(nn.Module):
@@ -245,8 +257,11 @@ class AttnBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), approximate="tanh")
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        """Updates ``x (B, N, C)`` in place (inference: the residual stream is the largest
+        tensor here) and returns it."""
+        x += self.attn(self.norm1(x))
+        x += self.mlp(self.norm2(x))
+        return x
 
 
 class CrossAttnBlock(nn.Module):
@@ -261,8 +276,10 @@ class CrossAttnBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), approximate="tanh")
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
-        x = x + self.cross_attn(self.norm1(x), self.norm_context(context))
-        return x + self.mlp(self.norm2(x))
+        """Updates ``x (B, N, C)`` in place from ``context (B, M, C)`` and returns it."""
+        x += self.cross_attn(self.norm1(x), self.norm_context(context))
+        x += self.mlp(self.norm2(x))
+        return x
 
 
 class UpdateFormer(nn.Module):
@@ -300,30 +317,33 @@ class UpdateFormer(nn.Module):
 
         Every block works on independent groups (tracks for time attention, frames for space
         attention), so they run in chunks of about ``token_budget`` tokens, in place: the
-        same numbers as one pass, with activations bounded whatever N and T.
+        same numbers as one pass, with activations bounded whatever N and T. Points and
+        virtual tracks live in separate tensors, so every chunk is a contiguous view.
         """
         B, N, T, C = tokens.shape
-        virtual = self.virual_tracks.to(tokens.dtype).expand(B, -1, T, -1)
-        tokens = torch.cat([tokens, virtual], dim=1)  # B (N+V) T C
-        M = tokens.shape[1]
+        V = self.virual_tracks.shape[1]
+        # Both updated in place: fresh copies (never a view of the input or the parameter).
+        points = tokens.clone(memory_format=torch.contiguous_format)  # (B, N, T, C)
+        virtual = tokens.new_empty(B, V, T, C).copy_(self.virual_tracks.expand(B, -1, T, -1))
         tracks_per_chunk = max(1, token_budget // T)
-        frames_per_chunk = max(1, token_budget // M)
+        frames_per_chunk = max(1, token_budget // (N + V))
         for i in range(len(self.time_blocks)):
-            by_track = tokens.reshape(B * M, T, C)
-            for a in range(0, B * M, tracks_per_chunk):
-                part = by_track[a : a + tracks_per_chunk]
-                part.copy_(self.time_blocks[i](part))
-            by_frame = by_track.reshape(B, M, T, C).transpose(1, 2).reshape(B * T, M, C)
+            for x in (points, virtual):
+                by_track = x.view(-1, T, C)
+                for a in range(0, by_track.shape[0], tracks_per_chunk):
+                    self.time_blocks[i](by_track[a : a + tracks_per_chunk])
+            # Frame-major copies for attention across tracks.
+            points_t = points.transpose(1, 2).reshape(B * T, N, C)
+            virtual_t = virtual.transpose(1, 2).reshape(B * T, V, C)
             for a in range(0, B * T, frames_per_chunk):
-                space = by_frame[a : a + frames_per_chunk]
-                points, virtual = space[:, :N], space[:, N:]
-                virtual = self.space_virtual2point_blocks[i](virtual, points)
-                virtual = self.space_virtual_blocks[i](virtual)
-                space[:, N:] = virtual
-                space[:, :N] = self.space_point2virtual_blocks[i](points, virtual)
-            tokens = by_frame.reshape(B, T, M, C).transpose(1, 2).contiguous()
-        tokens = tokens[:, :N]
-        return torch.cat([self.flow_head(tokens), self.vis_conf_head(tokens)], dim=-1)
+                p = points_t[a : a + frames_per_chunk]
+                v = virtual_t[a : a + frames_per_chunk]
+                self.space_virtual2point_blocks[i](v, p)
+                self.space_virtual_blocks[i](v)
+                self.space_point2virtual_blocks[i](p, v)
+            points = points_t.reshape(B, T, N, C).transpose(1, 2).contiguous()
+            virtual = virtual_t.reshape(B, T, V, C).transpose(1, 2).contiguous()
+        return torch.cat([self.flow_head(points), self.vis_conf_head(points)], dim=-1)
 
 
 # -- 5. The shared tracker core ---------------------------------------------------------------
@@ -334,7 +354,7 @@ class CoTracker3(nn.Module):
 
     def __init__(self, cfg: CoTracker3Config) -> None:
         super().__init__()
-        self.cfg = cfg
+        self.cfg = dataclasses.replace(cfg)  # each model may change its own options
         self.fnet = FeatureEncoder(cfg.latent_dim, cfg.stride)
         self.updateformer = UpdateFormer(cfg)
         self.corr_mlp = Mlp(cfg.patch**4, 384, cfg.corr_dim)
@@ -349,11 +369,18 @@ class CoTracker3(nn.Module):
         B, T = video.shape[:2]
         frames = video.reshape(B * T, *video.shape[2:])
         chunks = []
-        for i in range(0, B * T, self.cfg.encoder_chunk):
-            x = frames[i : i + self.cfg.encoder_chunk] / 255.0 * 2 - 1
-            x = x.to(self.fnet.conv1.weight.dtype)  # a model converted to bf16 takes bf16
-            f = self.fnet(x)
-            chunks.append(f / f.square().sum(1, keepdim=True).clamp_min(1e-12).sqrt())
+        # cuDNN's autotuner finds far faster convolutions for these few fixed shapes (2x on
+        # an H100); scoped here so the caller's setting stays as it was.
+        benchmark = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = benchmark or video.is_cuda
+        try:
+            for i in range(0, B * T, self.cfg.encoder_chunk):
+                x = frames[i : i + self.cfg.encoder_chunk] / 255.0 * 2 - 1
+                x = x.to(self.fnet.conv1.weight.dtype)  # a model converted to bf16 takes bf16
+                f = self.fnet(x)
+                chunks.append(f / f.square().sum(1, keepdim=True).clamp_min(1e-12).sqrt())
+        finally:
+            torch.backends.cudnn.benchmark = benchmark
         fmap = torch.cat(chunks)
         pyramid = [fmap]
         for _ in range(self.cfg.corr_levels - 1):
@@ -361,27 +388,22 @@ class CoTracker3(nn.Module):
             pyramid.append(fmap)
         return [f.permute(0, 2, 3, 1).reshape(B, T, *f.shape[2:], f.shape[1]) for f in pyramid]
 
-    def query_features(
-        self, pyramid: list[Tensor], frames: Tensor, xy: Tensor, valid: Tensor | None = None
-    ) -> list[Tensor]:
+    def query_features(self, pyramid: list[Tensor], frames: Tensor, xy: Tensor) -> list[Tensor]:
         """Patch features ``(B, N, P*P, C)`` per level around each query.
 
         ``frames (B, N)`` index the pyramid's time axis, ``xy (B, N, 2)`` are feature pixels.
-        Queries where ``valid (B, N)`` is False get zeros.
         """
-        out = []
-        for level, fmaps in enumerate(pyramid):
-            feats = sample_patches(
+        return [
+            sample_patches(
                 fmaps, xy[:, :, None] / 2**level, frames[:, :, None], self.cfg.corr_radius
             )[:, :, 0]
-            if valid is not None:
-                feats = feats * valid[..., None, None].to(feats.dtype)
-            out.append(feats)
-        return out
+            for level, fmaps in enumerate(pyramid)
+        ]
 
     # Refinement -------------------------------------------------------------------------------
 
-    def correlate(self, pyramid: list[Tensor], xy: Tensor, support: list[Tensor]) -> Tensor:
+    def correlate(self, pyramid: list[Tensor], xy: Tensor, support: list[Tensor],
+                  fc1_padded: Tensor | None = None) -> Tensor:
         """4D correlation embeddings ``(B, n, T, levels * 256)`` of tracks at ``xy (B, n, T,
         2)`` (feature pixels).
 
@@ -389,6 +411,16 @@ class CoTracker3(nn.Module):
         the P*P features around its query: a (P*P) x (P*P) volume, embedded by `corr_mlp`.
         """
         B, n, T, _ = xy.shape
+        if self.fused_correlation(pyramid):
+            # One fused kernel writes the volumes of all levels as rows padded for the GEMM.
+            volume = corr_triton.correlate_volumes(
+                [p[0] for p in pyramid], xy[0], [s[0] for s in support]
+            )
+            fc1 = self.corr_mlp.fc1
+            if fc1_padded is None:
+                fc1_padded = _padded(fc1.weight, corr_triton.ROW)
+            hidden = self.corr_mlp.act(F.linear(volume, fc1_padded, fc1.bias))
+            return self.corr_mlp.fc2(hidden).reshape(B, n, T, -1)
         P2 = self.cfg.patch**2
         frames = torch.arange(T, device=xy.device).expand(B, n, T)
         embs = []
@@ -405,6 +437,14 @@ class CoTracker3(nn.Module):
             volume = blend(window_corr, at)  # B n T P P P2
             embs.append(self.corr_mlp(volume.reshape(B, n, T, P2 * P2)))
         return torch.cat(embs, dim=-1)
+
+    def fused_correlation(self, pyramid: list[Tensor]) -> bool:
+        """Whether `correlate` runs the fused GPU kernel: CUDA with Triton, one video, 4
+        levels of 7x7 patches, and a reduced-precision model (fp32 keeps the PyTorch path, whose
+        matrix products give fp32 parity at full speed)."""
+        return (pyramid[0].shape[0] == 1 and corr_triton.available(pyramid[0])
+                and self.cfg.corr_radius == 3 and self.cfg.corr_levels == 4
+                and pyramid[0].dtype != torch.float32)
 
     def time_embedding(self, T: int) -> Tensor:
         """``(1, T, D)``: the learned embedding, linearly resampled when T differs."""
@@ -425,41 +465,135 @@ class CoTracker3(nn.Module):
         confidence logits ``(B, T, N)``."""
         B, T, N, _ = coords.shape
         H, W = self.cfg.model_resolution
-        extent = coords.new_tensor([W, H]) / self.cfg.stride
-        time_emb = self.time_embedding(T)
-        P2, C = self.cfg.patch**2, self.cfg.latent_dim
-        chunk = max(1, self.cfg.corr_budget // (B * T * P2 * C))
+        linear = self.updateformer.input_transform
+        weight = linear.weight  # columns: vis, conf, correlations, motion
+        corr_cols = slice(2, 2 + self.cfg.corr_levels * self.cfg.corr_dim)
+        # The time embedding is added to the input of a linear layer: fold it into a
+        # per-frame bias instead of adding it to every wide token.
+        time_emb = self.time_embedding(T).to(device=coords.device, dtype=weight.dtype)
+        embed = _Embedding(
+            small=torch.cat([weight[:, :corr_cols.start], weight[:, corr_cols.stop :]], 1),
+            corr=weight[:, corr_cols].contiguous(),
+            time_bias=F.linear(time_emb, weight, linear.bias)[:, None],
+            fc1=(_padded(self.corr_mlp.fc1.weight, corr_triton.ROW)
+                 if self.fused_correlation(pyramid) else self.corr_mlp.fc1.weight),
+            # Made on the device (no host copy): refine may be captured in a CUDA graph.
+            extent=torch.stack([coords.new_full((), W), coords.new_full((), H)]) / self.cfg.stride,
+        )
+
+        def step(coords: Tensor, vis: Tensor, conf: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            return self.iteration(pyramid, support, embed, coords, vis, conf)
+
+        state = (coords.float(), vis.float(), conf.float())
         for _ in range(iters):
-            # Motion to the next and from the previous frame, as a fraction of the frame.
-            to_next = F.pad(coords[:, :-1] - coords[:, 1:], (0, 0, 0, 0, 0, 1))
-            from_prev = F.pad(coords[:, 1:] - coords[:, :-1], (0, 0, 0, 0, 1, 0))
-            motion = torch.cat([to_next / extent, from_prev / extent], dim=-1)
-            # Embed the tokens chunk by chunk of points, so the wide transformer input
-            # (B, N, T, 1110) and the correlation volumes never exist for all points at once.
-            tokens = None
-            for n0 in range(0, N, chunk):
-                part = slice(n0, n0 + chunk)
-                xy = coords[:, :, part].transpose(1, 2)  # B n T 2
-                corr = self.correlate(pyramid, xy, [s[:, part] for s in support])
-                parts = [
-                    vis[..., part, None].transpose(1, 2),
-                    conf[..., part, None].transpose(1, 2),
-                    corr,
-                    motion_encoding(motion[:, :, part].transpose(1, 2), self.cfg.num_freqs),
-                ]
-                # In the correlation's dtype: fp32, or bf16/fp16 under autocast, where the
-                # transformer would cast its input anyway.
-                x = torch.cat([t.to(corr.dtype) for t in parts], dim=-1)  # B n T D
-                x = self.updateformer.input_transform(x + time_emb[:, None].to(x.dtype))
-                if tokens is None:
-                    tokens = x.new_empty(B, N, T, x.shape[-1])
-                tokens[:, part] = x
-            delta = self.updateformer.run(tokens, self.cfg.token_budget)
-            delta = delta.transpose(1, 2).float()  # B T N 4
-            coords = coords + delta[..., :2]
-            vis = vis + delta[..., 2]
-            conf = conf + delta[..., 3]
-        return coords, vis, conf
+            state = step(*state)
+        return state
+
+    def iteration(
+        self,
+        pyramid: list[Tensor],
+        support: list[Tensor],
+        embed: _Embedding,
+        coords: Tensor,
+        vis: Tensor,
+        conf: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One refinement step of `refine`."""
+        B, T, N, _ = coords.shape
+        P2, C = self.cfg.patch**2, self.cfg.latent_dim
+        if self.fused_correlation(pyramid):  # bounded by the volume rows (T x 4 per point)
+            chunk = max(1, self.cfg.corr_budget // (T * self.cfg.corr_levels * corr_triton.ROW))
+        else:  # bounded by the gathered patches
+            chunk = max(1, self.cfg.corr_budget // (B * T * P2 * C))
+        dtype = embed.corr.dtype
+        # Motion to the next and from the previous frame, as a fraction of the frame.
+        to_next = F.pad(coords[:, :-1] - coords[:, 1:], (0, 0, 0, 0, 0, 1))
+        from_prev = F.pad(coords[:, 1:] - coords[:, :-1], (0, 0, 0, 0, 1, 0))
+        motion = torch.cat([to_next / embed.extent, from_prev / embed.extent], dim=-1)
+        # The input layer is linear: its narrow inputs (visibility, confidence, motion) and
+        # the time embedding go in for all points at once, then the correlations of each
+        # chunk of points are added, so the wide (1110) input never exists whole.
+        small = torch.cat(
+            [vis[..., None], conf[..., None], motion_encoding(motion, self.cfg.num_freqs)], -1
+        ).transpose(1, 2)  # B N T 86
+        tokens = F.linear(small.to(dtype), embed.small) + embed.time_bias  # B N T C
+        for n0 in range(0, N, chunk):
+            part = slice(n0, n0 + chunk)
+            xy = coords[:, :, part].transpose(1, 2)  # B n T 2
+            corr = self.correlate(pyramid, xy, [s[:, part] for s in support], embed.fc1)
+            tokens[:, part] += F.linear(corr.to(dtype), embed.corr)
+        delta = self.updateformer.run(tokens, self.cfg.token_budget)
+        delta = delta.transpose(1, 2).float()  # B T N 4
+        return coords + delta[..., :2], vis + delta[..., 2], conf + delta[..., 3]
+
+
+class _Embedding(NamedTuple):
+    """The token embedding's weights, split and prepared once per `CoTracker3.refine`."""
+
+    small: Tensor  # (C, 86) input-layer columns of visibility, confidence and motion
+    corr: Tensor  # (C, levels * 256) input-layer columns of the correlations
+    time_bias: Tensor  # (1, 1, T, C) the time embedding through the input layer, with bias
+    fc1: Tensor  # the correlation MLP's first weight, padded to the fused kernel's rows
+    extent: Tensor  # (2,) feature map width and height
+
+
+def _padded(weight: Tensor, columns: int) -> Tensor:
+    """``weight (out, in)`` with zero columns appended up to ``columns`` inputs."""
+    if weight.shape[1] == columns:
+        return weight
+    return F.pad(weight, (0, columns - weight.shape[1]))
+
+
+def _capture(fn) -> torch.cuda.CUDAGraph:
+    """Capture ``fn()`` as a CUDA graph on a side stream. Unlike ``torch.cuda.graph`` this
+    neither synchronises nor empties the allocator's cache: the GPU keeps working on what
+    was queued before while the CPU records."""
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        graph.capture_begin()
+        try:
+            fn()
+        finally:
+            graph.capture_end()
+    torch.cuda.current_stream().wait_stream(stream)
+    return graph
+
+
+class CapturedRefine:
+    """`CoTracker3.refine` for calls whose inputs keep their shapes (the online model's
+    windows): the first call runs as usual, the second captures the whole refinement as one
+    CUDA graph, and later calls copy their inputs into its buffers and replay it. The query
+    features (``support``) are read in place: they must be the same tensors every call."""
+
+    def __init__(self, model: CoTracker3) -> None:
+        self.model = model
+        self.calls = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def __call__(self, pyramid: list[Tensor], support: list[Tensor], coords: Tensor,
+                 vis: Tensor, conf: Tensor, iters: int) -> tuple[Tensor, Tensor, Tensor]:
+        inputs = (*pyramid, coords, vis, conf)
+        key = (iters, [(t.shape, t.dtype) for t in inputs], [t.data_ptr() for t in support])
+        if self.graph is None or key != self.key:
+            self.calls += 1
+            if self.calls < 2 or not coords.is_cuda:  # kernels compile on an eager run first
+                return self.model.refine(pyramid, support, coords, vis, conf, iters)
+            self.key = key
+            self.static = tuple(t.clone() for t in inputs)
+            levels = list(self.static[: len(pyramid)])
+            self.out: tuple[Tensor, ...] = ()
+
+            def run() -> None:
+                self.out = self.model.refine(levels, support, *self.static[len(pyramid) :],
+                                             iters)
+
+            self.graph = _capture(run)
+        for s, t in zip(self.static, inputs, strict=True):
+            s.copy_(t)
+        self.graph.replay()
+        return tuple(o.clone() for o in self.out)
 
 
 # -- 6a. Offline ------------------------------------------------------------------------------
@@ -501,7 +635,7 @@ class CoTracker3Offline(CoTracker3):
 # -- 6b. Online -------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclasses.dataclass
 class OnlineState:
     """What the online model carries from one window to the next.
 
@@ -515,6 +649,12 @@ class OnlineState:
     start: int = 0
     support: list[Tensor] | None = None
     carry: tuple[Tensor, Tensor, Tensor] | None = None
+    query_frames: Tensor | None = None  # (B, N) on the CPU: which window samples each query
+    refine: Callable | None = None  # the model's refine, captured as a CUDA graph on GPU
+
+    def __post_init__(self) -> None:
+        if self.query_frames is None:
+            self.query_frames = self.queries[..., 0].long().cpu()
 
 
 class CoTracker3Online(CoTracker3):
@@ -563,17 +703,24 @@ class CoTracker3Online(CoTracker3):
         frames = state.queries[..., 0].long()
         xy = state.queries[..., 1:3] / stride
 
-        # Query features of the points whose frame is new in this window.
+        # Query features of the points whose frame is new in this window; points whose
+        # frame has not come yet keep zeros. Decided on the CPU: no sync with the GPU.
         first_new = 0 if start == 0 else start + step
-        new = (frames >= first_new) & (frames < start + S)
         if state.support is None:
             C, P2 = self.cfg.latent_dim, self.cfg.patch**2
-            state.support = [xy.new_zeros(B, N, P2, C) for _ in pyramid]
-        if new.any():
-            sampled = self.query_features(pyramid, (frames - start).clamp(0, S - 1), xy, new)
-            state.support = [s + f for s, f in zip(state.support, sampled, strict=True)]
-        started = (frames < start + S)[..., None, None]  # points not yet queried see zeros
-        support = [s * started for s in state.support]
+            state.support = [pyramid[0].new_zeros(B, N, P2, C) for _ in pyramid]
+        host = state.query_frames
+        for b in range(B):
+            idx = torch.nonzero((host[b] >= first_new) & (host[b] < start + S))[:, 0]
+            if len(idx):
+                idx = idx.to(xy.device)
+                sampled = self.query_features(
+                    [p[b : b + 1] for p in pyramid], frames[b : b + 1, idx] - start,
+                    xy[b : b + 1, idx],
+                )
+                for s, f in zip(state.support, sampled, strict=True):
+                    s[b, idx] = f[0].to(s.dtype)
+        support = state.support
 
         # Start from the query point, or from the last window's predictions where it has them.
         coords = xy[:, None].expand(B, S, N, 2)
@@ -590,7 +737,9 @@ class CoTracker3Online(CoTracker3):
             vis = torch.where(known, prev_vis, vis)
             conf = torch.where(known, prev_conf, conf)
 
-        coords, vis, conf = self.refine(
+        if state.refine is None:
+            state.refine = CapturedRefine(self) if self.cfg.cuda_graphs else self.refine
+        coords, vis, conf = state.refine(
             pyramid, support, coords, vis, conf, iters or self.cfg.iters
         )
         state.carry = (coords[:, step:], vis[:, step:], conf[:, step:])

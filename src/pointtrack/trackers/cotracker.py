@@ -156,7 +156,9 @@ class _CoTracker3Engine(Tracker):
 
     def _frames_to_model(self, frames: np.ndarray) -> torch.Tensor:
         """uint8 ``(T, h, w, 3)`` -> float ``(1, T, 3, 384, 512)`` in 0..255 on the device."""
-        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
+        x = torch.from_numpy(np.ascontiguousarray(frames))
+        if self.device.type == "cuda":  # pinned: the copy runs while the CPU queues more work
+            x = x.pin_memory().to(self.device, non_blocking=True)
         x = x.permute(0, 3, 1, 2).float()
         if (x.shape[-1], x.shape[-2]) != MODEL_SIZE:
             x = F.interpolate(x, MODEL_SIZE[::-1], mode="bilinear", align_corners=True)

@@ -1,0 +1,215 @@
+"""Where pointtrack's CoTracker3 spends GPU time, and checks of the fused kernels.
+
+Run on a GPU machine; prints (1) the fused correlation against the PyTorch path on random
+inputs, (2) a phase breakdown (encoder, correlation, token embedding, transformer) of one
+offline case with synchronised timers, (3) whole-call times with and without CUDA graphs,
+(4) the top kernels of one call. Notes on each run go in benchmarks/NOTES.md.
+
+    python benchmarks/gpu_explore.py --case offline-480p-82f-grid50 --precision bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from gpu import CASES, MODEL_SIZE, moving_texture, resize_uint8  # noqa: E402
+
+
+def check_correlation(dtype: torch.dtype, n: int = 300, T: int = 24) -> dict:
+    """Fused kernel vs the PyTorch path on random features and positions (some off-map)."""
+    from pointtrack.models import corr_triton
+    from pointtrack.models.cotracker3 import blend, gather_windows
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    pyramid, support = [], []
+    H, W, C = 96, 128, 128
+    for level in range(4):
+        h, w = H // 2**level, W // 2**level
+        f = torch.randn(1, T, h, w, C, device="cuda", generator=g)
+        pyramid.append((f / f.norm(dim=-1, keepdim=True)).to(dtype))
+        support.append(torch.randn(1, n, 49, C, device="cuda", generator=g).to(dtype) * 0.1)
+    xy = torch.rand(1, n, T, 2, device="cuda", generator=g) * torch.tensor([W + 8, H + 8],
+                                                                           device="cuda") - 4
+    fused = corr_triton.correlate_volumes([p[0] for p in pyramid], xy[0], [s[0] for s in support])
+    frames = torch.arange(T, device="cuda").expand(1, n, T)
+    errs = []
+    for level in range(4):
+        at = xy.double() / 2**level
+        win = gather_windows(pyramid[level].double(), at, frames, 3)
+        patch = blend(win, at).reshape(1, n, T, 49, C)
+        ref = torch.einsum("bntpc,bnqc->bntpq", patch, support[level].double()).reshape(n, T, -1)
+        got = fused[:, :, level, :2401].double()
+        errs.append(float((got - ref).norm() / ref.norm()))
+        pad = fused[:, :, level, 2401:]
+        assert torch.all(pad == 0), "padding columns not zero"
+    return {"dtype": str(dtype), "rel_err_per_level": errs}
+
+
+def tune_correlation(n: int = 130, T: int = 82) -> list[dict]:
+    """Fused kernel time (ms) per launch configuration, bf16, one chunk of points."""
+    from triton.testing import do_bench
+
+    from pointtrack.models import corr_triton
+
+    pyramid = [torch.randn(T, 96 // 2**lv, 128 // 2**lv, 128, device="cuda").bfloat16()
+               for lv in range(4)]
+    support = [torch.randn(n, 49, 128, device="cuda").bfloat16() for _ in range(4)]
+    xy = torch.rand(n, T, 2, device="cuda") * torch.tensor([128.0, 96.0], device="cuda")
+    rows = []
+    for block_t, warps in ((1, 4), (2, 4), (4, 4), (8, 4), (4, 8), (8, 8), (16, 8)):
+        def call(block_t=block_t, warps=warps):
+            return corr_triton.correlate_volumes(pyramid, xy, support, block_t=block_t,
+                                                 num_warps=warps)
+        ms = do_bench(call, return_mode="median")
+        rows.append({"block_t": block_t, "num_warps": warps, "ms": ms})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def encoder_variants(T: int = 82) -> dict:
+    """Encoder time (ms) for 82 frames in chunks of 8, with and without cuDNN's autotuner."""
+    from triton.testing import do_bench
+
+    from pointtrack.models.cotracker3 import CoTracker3Offline
+
+    video = torch.randint(0, 255, (1, T, 3, 384, 512), device="cuda").float()
+    model = CoTracker3Offline().cuda().bfloat16().eval()
+    out = {}
+    with torch.inference_mode():
+        out["encode_ms"] = do_bench(lambda: model.encode(video), return_mode="median")
+    print(out, flush=True)
+    return out
+
+
+def breakdown(case: dict, precision: str, graphs: bool, fused: bool = True,
+              options: dict | None = None) -> dict:
+    """Synchronised time per phase of one tracker call (timers add syncs: a rough split)."""
+    from pointtrack.models import corr_triton
+    from pointtrack.models.weights import synthetic_state_dict
+    from pointtrack.trackers import load_tracker
+    from pointtrack.video import Clip
+
+    corr_triton.ENABLED = fused
+    shapes = json.loads((ROOT / f"tests/data/parity/{case['mode']}_shapes.json").read_text())
+    sd = synthetic_state_dict(shapes, seed=0)
+    tracker = load_tracker(f"cotracker3-{case['mode']}", checkpoint=sd, device="cuda",
+                           precision=precision)
+    model = tracker.model
+    model.cfg.cuda_graphs = graphs
+    for key, value in (options or {}).items():
+        setattr(model.cfg, key, value)
+    frames = resize_uint8(moving_texture(case["frames"], case["size"]), MODEL_SIZE)
+    clip = Clip(frames, np.arange(len(frames)), 30.0, case["size"])
+    totals: dict[str, float] = {}
+
+    def timed(name, fn):
+        def wrapper(*a, **k):
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            out = fn(*a, **k)
+            torch.cuda.synchronize()
+            totals[name] = totals.get(name, 0.0) + time.perf_counter() - t
+            return out
+        return wrapper
+
+    def run():
+        return tracker.track(clip, grid_size=case["grid"])
+
+    run()  # warm-up
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(3):
+        torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        run()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    result = {"seconds": float(np.median(times)),
+              "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+    if not graphs:
+        originals = (model.encode, model.correlate, model.updateformer.run)
+        model.encode = timed("encode", model.encode)
+        model.correlate = timed("correlate", model.correlate)
+        model.updateformer.run = timed("transformer", model.updateformer.run)
+        totals.clear()
+        t = time.perf_counter()
+        run()
+        torch.cuda.synchronize()
+        totals["total(synced)"] = time.perf_counter() - t
+        model.encode, model.correlate, model.updateformer.run = originals
+        result["phases"] = totals
+    return result
+
+
+def top_kernels(case: dict, precision: str, rows: int = 25) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    from pointtrack.models.weights import synthetic_state_dict
+    from pointtrack.trackers import load_tracker
+    from pointtrack.video import Clip
+
+    shapes = json.loads((ROOT / f"tests/data/parity/{case['mode']}_shapes.json").read_text())
+    tracker = load_tracker(f"cotracker3-{case['mode']}", checkpoint=synthetic_state_dict(shapes),
+                           device="cuda", precision=precision)
+    tracker.model.cfg.cuda_graphs = False
+    frames = resize_uint8(moving_texture(case["frames"], case["size"]), MODEL_SIZE)
+    clip = Clip(frames, np.arange(len(frames)), 30.0, case["size"])
+    tracker.track(clip, grid_size=case["grid"])
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        tracker.track(clip, grid_size=case["grid"])
+        torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=rows,
+                                     max_name_column_width=70)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--case", default="offline-480p-82f-grid50")
+    p.add_argument("--precision", default="bf16")
+    p.add_argument("--profile", action="store_true")
+    p.add_argument("--tune", action="store_true", help="kernel launch and encoder variants")
+    p.add_argument("--variants", default="fused-eager,fused-graphs",
+                   help="comma-separated from torch-eager, fused-eager, fused-graphs")
+    p.add_argument("--out", type=Path)
+    args = p.parse_args()
+    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    if args.tune:
+        report["tune"] = tune_correlation()
+        report["encoder"] = encoder_variants()
+    for dtype in (torch.float32, torch.bfloat16):
+        report[f"corr_check_{dtype}"] = check_correlation(dtype)
+        print(report[f"corr_check_{dtype}"], flush=True)
+    for case_name in args.case.split(","):
+        case = CASES[case_name]
+        for variant in args.variants.split(","):
+            # e.g. "fused-eager" or "fused-graphs+token_budget=131072" (config overrides)
+            variant, *sets = variant.split("+")
+            options = {k: int(v) for k, v in (x.split("=") for x in sets)}
+            fused, graphs = variant.startswith("fused"), variant.endswith("graphs")
+            r = breakdown(case, args.precision, graphs, fused, options)
+            key = f"{case_name}-{args.precision}-fused{fused}-graphs{graphs}-{options}"
+            report[key] = r
+            print(key, r, flush=True)
+    if args.profile:
+        table = top_kernels(CASES[args.case.split(",")[0]], args.precision)
+        print(table)
+        report["profile"] = table
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

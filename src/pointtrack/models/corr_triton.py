@@ -1,0 +1,66 @@
+"""The 4D correlation of CoTracker3 as one fused GPU kernel (Triton).
+
+`CoTracker3.correlate` in PyTorch gathers an 8x8 window of features around every track
+position, correlates it with the query patch and blends the result bilinearly: three passes
+over tensors of ``points x frames x 64 x 128`` that exist only to be read once. Here one
+program per (point, frame, level) keeps all of it on chip: it loads the window straight
+from the feature map, blends it to the 7x7 patch with a small matrix product (the bilinear
+weights laid out as a 49x64 matrix), correlates the patch with the query patch (a second
+product) and writes only the 49x49 volume, as a row of the correlation MLP's input.
+
+The arithmetic is the same as the PyTorch path (border pixels repeat, x varies slowest in
+both patches); products accumulate in fp32. Used on CUDA when Triton is installed (it comes
+with PyTorch's CUDA wheels; the kernel itself is in `_corr_kernel`, imported on first use);
+the PyTorch path is the reference and runs everywhere else.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+from torch import Tensor
+
+ENABLED = os.environ.get("POINTTRACK_TRITON", "1") != "0"  # POINTTRACK_TRITON=0: PyTorch path
+VOLUME = 49 * 49  # (7x7 patch) x (7x7 query patch)
+ROW = 2432  # a volume row padded to a multiple of 64 elements: aligned, fast GEMM operands
+
+
+def available(t: Tensor) -> bool:
+    """Whether the fused kernel can run on tensors like ``t``."""
+    return ENABLED and t.is_cuda and importlib.util.find_spec("triton") is not None
+
+
+def correlate_volumes(pyramid: list[Tensor], xy: Tensor, support: list[Tensor],
+                      radius: int = 3, block_t: int = 1, num_warps: int = 4) -> Tensor:
+    """Correlation volumes ``(n, T, 4, 2432)`` (the first 2401 of each row used, the rest
+    zero) of tracks at ``xy (n, T, 2)`` (level-0 feature pixels) against query patches
+    ``support[l] (n, 49, C)``, on the 4 pyramid levels ``(T, H >> l, W >> l, C)`` (channels
+    last). One launch covers every point, frame and level."""
+    if radius != 3 or len(pyramid) != 4:
+        raise ValueError("the fused correlation is written for 7x7 patches on 4 levels")
+    n, T, _ = xy.shape
+    _, H, W, C = pyramid[0].shape
+    dtype = pyramid[0].dtype
+    for level, fmap in enumerate(pyramid):
+        if fmap.shape[1:3] != (H >> level, W >> level):
+            raise ValueError(f"pyramid level {level} has size {tuple(fmap.shape[1:3])}")
+    out = torch.empty(n, T, 4, ROW, device=xy.device, dtype=dtype)
+    if n == 0 or T == 0:
+        return out
+    from ._corr_kernel import _correlate_kernel
+
+    xy = xy.float().contiguous()
+    fmaps = [f.contiguous() for f in pyramid]
+    queries = [q.to(dtype).contiguous() for q in support]
+    _correlate_kernel[(n, -(-T // block_t), 4)](
+        *fmaps, *queries, xy, out,
+        T, H, W,
+        xy.stride(0),
+        out.stride(0), out.stride(1),
+        C=C, R=radius, ROW_LEN=ROW, BLOCK_T=block_t,
+        PRECISION="ieee" if dtype == torch.float32 else "tf32",
+        num_warps=num_warps,
+    )
+    return out
