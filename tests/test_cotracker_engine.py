@@ -293,3 +293,12 @@ def test_cli_track_with_checkpoint_file(offline_weights, tmp_path):
     code = cli.main(["track", str(video), "--engine", "cotracker3-offline", "--checkpoint",
                      str(tmp_path / "missing.pth"), "--grid-size", "3", "--out", str(out)])
     assert code == 2
+    bf16_out = tmp_path / "bf16.tracks.npz"
+    code = cli.main(["track", str(video), "--engine", "cotracker3-offline", "--checkpoint",
+                     str(checkpoint), "--precision", "bf16", "--grid-size", "3",
+                     "--out", str(bf16_out)])
+    assert code == 0 and Tracks.load(bf16_out).options["precision"] == "bf16"
+    lk_out = tmp_path / "lk.tracks.npz"
+    code = cli.main(["track", str(video), "--precision", "bf16", "--grid-size", "3",
+                     "--out", str(lk_out)])
+    assert code == 2 and not lk_out.exists()  # lk has no precision option

@@ -31,6 +31,8 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", default="lk", help="tracker engine (default: lk)")
     p.add_argument("--checkpoint", help="CoTracker3 checkpoint: a path, URL or registry name")
     p.add_argument("--device", help="cpu, cuda or auto (CoTracker3 engines)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+                   help="CoTracker3 engines: fp32 (default, parity) or bf16 (fast on GPU)")
 
 
 def add_prompt_arguments(p: argparse.ArgumentParser) -> None:
@@ -58,6 +60,8 @@ def engine_options(args: argparse.Namespace) -> dict:
         options["checkpoint"] = args.checkpoint
     if args.device:
         options["device"] = args.device
+    if getattr(args, "precision", None):
+        options["precision"] = args.precision
     return options
 
 
