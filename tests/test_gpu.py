@@ -106,3 +106,15 @@ def test_fused_bf16_tracks_match_pytorch_path(monkeypatch):
     assert not np.array_equal(fused.xy, plain.xy)  # the two paths really ran
     assert np.median(np.linalg.norm(fused.xy - plain.xy, axis=-1)) < 1.0
     assert (fused.visible == plain.visible).mean() > 0.95
+
+
+@pytest.mark.parametrize("name,cls", [("cotracker3-offline", CoTracker3Offline),
+                                      ("cotracker3-online", CoTracker3Online)])
+def test_fp16_autocast_runs_near_fp32(name, cls):
+    weights = _weights(cls)
+    video = _video()
+    fp32 = load_tracker(name, checkpoint=weights, device="cuda").track(video, grid_size=5)
+    fp16 = load_tracker(name, checkpoint=weights, device="cuda", precision="fp16")
+    tracks = fp16.track(video, grid_size=5)
+    assert np.isfinite(tracks.xy).all()
+    assert np.median(np.linalg.norm(tracks.xy - fp32.xy, axis=-1)) < 1.0
