@@ -212,7 +212,8 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, out_dim or in_dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.is_cuda and self.act.approximate == "tanh" and x.dtype != torch.float32:
+        if (x.is_cuda and self.act.approximate == "tanh" and x.dtype != torch.float32
+                and hasattr(torch, "_addmm_activation")):
             # cuBLAS applies this GELU in the matrix product's epilogue: one pass fewer.
             hidden = torch._addmm_activation(
                 self.fc1.bias, x.reshape(-1, x.shape[-1]), self.fc1.weight.t(), use_gelu=True
