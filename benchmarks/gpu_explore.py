@@ -1,9 +1,10 @@
-"""Where pointtrack's CoTracker3 spends GPU time, and checks of the fused kernels.
+"""Where pointtrack's CoTracker3 spends GPU time.
 
-Run on a GPU machine; prints (1) the fused correlation against the PyTorch path on random
-inputs, (2) a phase breakdown (encoder, correlation, token embedding, transformer) of one
-offline case with synchronised timers, (3) whole-call times with and without CUDA graphs,
-(4) the top kernels of one call. Notes on each run go in benchmarks/NOTES.md.
+Run on a GPU machine; prints (1) a phase breakdown (encoder, correlation, transformer) of a
+case with synchronised timers, per variant (PyTorch or fused correlation, with or without the
+online CUDA graph, config overrides), (2) with --profile the top kernels of one call, (3) with
+--tune kernel launch shapes and the encoder's time. The correctness of the GPU paths is
+checked by tests/test_gpu.py. Notes on each run go in benchmarks/NOTES.md.
 
     python benchmarks/gpu_explore.py --case offline-480p-82f-grid50 --precision bf16
 """
@@ -24,36 +25,6 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from gpu import CASES, MODEL_SIZE, moving_texture, resize_uint8  # noqa: E402
-
-
-def check_correlation(dtype: torch.dtype, n: int = 300, T: int = 24) -> dict:
-    """Fused kernel vs the PyTorch path on random features and positions (some off-map)."""
-    from pointtrack.models import corr_triton
-    from pointtrack.models.cotracker3 import blend, gather_windows
-
-    g = torch.Generator(device="cuda").manual_seed(0)
-    pyramid, support = [], []
-    H, W, C = 96, 128, 128
-    for level in range(4):
-        h, w = H // 2**level, W // 2**level
-        f = torch.randn(1, T, h, w, C, device="cuda", generator=g)
-        pyramid.append((f / f.norm(dim=-1, keepdim=True)).to(dtype))
-        support.append(torch.randn(1, n, 49, C, device="cuda", generator=g).to(dtype) * 0.1)
-    xy = torch.rand(1, n, T, 2, device="cuda", generator=g) * torch.tensor([W + 8, H + 8],
-                                                                           device="cuda") - 4
-    fused = corr_triton.correlate_volumes([p[0] for p in pyramid], xy[0], [s[0] for s in support])
-    frames = torch.arange(T, device="cuda").expand(1, n, T)
-    errs = []
-    for level in range(4):
-        at = xy.double() / 2**level
-        win = gather_windows(pyramid[level].double(), at, frames, 3)
-        patch = blend(win, at).reshape(1, n, T, 49, C)
-        ref = torch.einsum("bntpc,bnqc->bntpq", patch, support[level].double()).reshape(n, T, -1)
-        got = fused[:, :, level, :2401].double()
-        errs.append(float((got - ref).norm() / ref.norm()))
-        pad = fused[:, :, level, 2401:]
-        assert torch.all(pad == 0), "padding columns not zero"
-    return {"dtype": str(dtype), "rel_err_per_level": errs}
 
 
 def tune_correlation(n: int = 130, T: int = 82) -> list[dict]:
@@ -78,7 +49,7 @@ def tune_correlation(n: int = 130, T: int = 82) -> list[dict]:
 
 
 def encoder_variants(T: int = 82) -> dict:
-    """Encoder time (ms) for 82 frames in chunks of 8, with and without cuDNN's autotuner."""
+    """Encoder time (ms) for 82 frames (`CoTracker3.encode`, chunks of 8), bf16."""
     from triton.testing import do_bench
 
     from pointtrack.models.cotracker3 import CoTracker3Offline
@@ -188,9 +159,6 @@ def main() -> int:
     if args.tune:
         report["tune"] = tune_correlation()
         report["encoder"] = encoder_variants()
-    for dtype in (torch.float32, torch.bfloat16):
-        report[f"corr_check_{dtype}"] = check_correlation(dtype)
-        print(report[f"corr_check_{dtype}"], flush=True)
     for case_name in args.case.split(","):
         case = CASES[case_name]
         for variant in args.variants.split(","):

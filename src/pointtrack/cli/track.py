@@ -60,7 +60,7 @@ def engine_options(args: argparse.Namespace) -> dict:
         options["checkpoint"] = args.checkpoint
     if args.device:
         options["device"] = args.device
-    if getattr(args, "precision", None):
+    if args.precision:
         options["precision"] = args.precision
     return options
 

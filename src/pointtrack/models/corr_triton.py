@@ -16,6 +16,7 @@ the PyTorch path is the reference and runs everywhere else.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -23,13 +24,17 @@ import torch
 from torch import Tensor
 
 ENABLED = os.environ.get("POINTTRACK_TRITON", "1") != "0"  # POINTTRACK_TRITON=0: PyTorch path
-VOLUME = 49 * 49  # (7x7 patch) x (7x7 query patch)
 ROW = 2432  # a volume row padded to a multiple of 64 elements: aligned, fast GEMM operands
 
 
 def available(t: Tensor) -> bool:
     """Whether the fused kernel can run on tensors like ``t``."""
-    return ENABLED and t.is_cuda and importlib.util.find_spec("triton") is not None
+    return ENABLED and t.is_cuda and _triton_installed()
+
+
+@functools.cache
+def _triton_installed() -> bool:  # asked once per chunk of points: look it up once
+    return importlib.util.find_spec("triton") is not None
 
 
 def correlate_volumes(pyramid: list[Tensor], xy: Tensor, support: list[Tensor],

@@ -464,7 +464,7 @@ class CoTracker3(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Iteratively update ``coords (B, T, N, 2)`` (feature pixels) and the visibility and
         confidence logits ``(B, T, N)``."""
-        B, T, N, _ = coords.shape
+        T = coords.shape[1]
         H, W = self.cfg.model_resolution
         linear = self.updateformer.input_transform
         weight = linear.weight  # columns: vis, conf, correlations, motion

@@ -159,12 +159,19 @@ class _CoTracker3Engine(Tracker):
         x = torch.from_numpy(np.ascontiguousarray(frames))
         if self.device.type == "cuda":  # pinned: the copy runs while the CPU queues more work
             x = x.pin_memory().to(self.device, non_blocking=True)
+        else:
+            x = x.to(self.device)
         x = x.permute(0, 3, 1, 2).float()
         if (x.shape[-1], x.shape[-2]) != MODEL_SIZE:
             x = F.interpolate(x, MODEL_SIZE[::-1], mode="bilinear", align_corners=True)
         return x[None]
 
     # Results ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _numpy(out):
+        """Model outputs ``(1, T, N, ...)`` -> float32 numpy ``(T, N, ...)``."""
+        return tuple(o[0].float().cpu().numpy() for o in out)
 
     overwrite_query_frames = False  # offline: a query's own frame is the query point, visible
 
@@ -315,10 +322,6 @@ class CoTracker3OfflineTracker(_CoTracker3Engine):
             xy[:, idx], vis[:, idx], conf[:, idx] = (o[:, :n] for o in out)
         return xy, vis, conf
 
-    @staticmethod
-    def _numpy(out):
-        return tuple(o[0].float().cpu().numpy() for o in out)
-
 
 # -- Online -----------------------------------------------------------------------------------
 
@@ -429,7 +432,7 @@ class _Windows:
         for idx, state in zip(self.groups, self.states, strict=True):
             with self.engine.autocast():
                 out = self.model.track(pyramid, state, length, self.engine.iters)
-            c, v, f = (o[0].float().cpu().numpy() for o in out)
+            c, v, f = self.engine._numpy(out)
             n = len(idx)
             xy[:, idx], vis[:, idx], conf[:, idx] = c[:, :n], v[:, :n], f[:, :n]
         # The next window starts `step` frames later and redoes the rest of this one.
