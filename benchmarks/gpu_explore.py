@@ -153,8 +153,12 @@ def main() -> int:
     p.add_argument("--tune", action="store_true", help="kernel launch and encoder variants")
     p.add_argument("--variants", default="fused-eager,fused-graphs",
                    help="comma-separated from torch-eager, fused-eager, fused-graphs")
+    p.add_argument("--frames", type=int, help="override the cases' frame count (shorter runs)")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
+    if args.frames:
+        for case in CASES.values():
+            case["frames"] = args.frames
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     if args.tune:
         report["tune"] = tune_correlation()

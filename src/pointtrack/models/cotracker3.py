@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import corr_triton
+from .add_norm import add_norm
 
 
 @dataclasses.dataclass
@@ -277,8 +278,9 @@ class CrossAttnBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), approximate="tanh")
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
-        """Updates ``x (B, N, C)`` in place from ``context (B, M, C)`` and returns it."""
-        x += self.cross_attn(self.norm1(x), self.norm_context(context))
+        """Updates ``x (B, N, C)`` in place from ``context (B, M, C)``, already through
+        `norm_context` (the caller often has it normalised for free), and returns it."""
+        x += self.cross_attn(self.norm1(x), context)
         x += self.mlp(self.norm2(x))
         return x
 
@@ -314,37 +316,65 @@ class UpdateFormer(nn.Module):
         return self.run(self.input_transform(x), token_budget)
 
     def run(self, tokens: Tensor, token_budget: int = 2**16) -> Tensor:
-        """Embedded tokens ``(B, N, T, C)`` -> updates ``(B, N, T, 4)``.
+        """Embedded tokens ``(B, N, T, C)`` -> updates ``(B, N, T, 4)``. ``tokens`` is used
+        as the points' residual stream: it is overwritten.
 
         Every block works on independent groups (tracks for time attention, frames for space
-        attention), so they run in chunks of about ``token_budget`` tokens, in place: the
-        same numbers as one pass, with activations bounded whatever N and T. Points and
-        virtual tracks live in separate tensors, so every chunk is a contiguous view.
+        attention), so they run in chunks of about ``token_budget`` tokens: the same numbers
+        as one pass, with activations bounded whatever N and T. The points' stream lives
+        twice, track-major for time and frame-major for space; the last residual add of each
+        step writes straight into the other layout, together with the LayerNorms the next
+        step starts with (`add_norm`), so no pass is spent on transposes or norms alone.
         """
         B, N, T, C = tokens.shape
         V = self.virual_tracks.shape[1]
-        # Both updated in place: fresh copies (never a view of the input or the parameter).
-        points = tokens.clone(memory_format=torch.contiguous_format)  # (B, N, T, C)
+        points = tokens  # (B, N, T, C)
+        points_t = tokens.new_empty(B, T, N, C)  # frame-major: the points' stream for space
+        normed_t = torch.empty_like(points_t)  # its norm1 for the point-to-virtual block
+        context_t = torch.empty_like(points_t)  # its norm_context for the virtual-to-point block
         virtual = tokens.new_empty(B, V, T, C).copy_(self.virual_tracks.expand(B, -1, T, -1))
         tracks_per_chunk = max(1, token_budget // T)
         frames_per_chunk = max(1, token_budget // (N + V))
+
+        def frame_major(buffer: Tensor, b: int, n: slice) -> Tensor:  # (n, T, C) view
+            return buffer[b, :, n].transpose(0, 1)
+
         for i in range(len(self.time_blocks)):
-            for x in (points, virtual):
-                by_track = x.view(-1, T, C)
-                for a in range(0, by_track.shape[0], tracks_per_chunk):
-                    self.time_blocks[i](by_track[a : a + tracks_per_chunk])
-            # Frame-major copies for attention across tracks.
-            points_t = points.transpose(1, 2).reshape(B * T, N, C)
-            virtual_t = virtual.transpose(1, 2).reshape(B * T, V, C)
-            for a in range(0, B * T, frames_per_chunk):
-                p = points_t[a : a + frames_per_chunk]
-                v = virtual_t[a : a + frames_per_chunk]
-                self.space_virtual2point_blocks[i](v, p)
-                self.space_virtual_blocks[i](v)
-                self.space_point2virtual_blocks[i](p, v)
-            points = points_t.reshape(B, T, N, C).transpose(1, 2).contiguous()
-            virtual = virtual_t.reshape(B, T, V, C).transpose(1, 2).contiguous()
-        return torch.cat([self.flow_head(points), self.vis_conf_head(points)], dim=-1)
+            time, v2p = self.time_blocks[i], self.space_virtual2point_blocks[i]
+            virtual_block, p2v = self.space_virtual_blocks[i], self.space_point2virtual_blocks[i]
+            for b in range(B):
+                for n0 in range(0, N, tracks_per_chunk):
+                    n = slice(n0, min(N, n0 + tracks_per_chunk))
+                    x = points[b, n]  # (n, T, C): attention along each track's frames
+                    h = torch.empty_like(x)
+                    add_norm(x, norm_to=h)
+                    self._residual_mlp(time, x, time.attn(h), sum_to=frame_major(points_t, b, n),
+                                       norm_to=frame_major(normed_t, b, n),
+                                       affine_to=frame_major(context_t, b, n),
+                                       weight=v2p.norm_context.weight, bias=v2p.norm_context.bias,
+                                       affine_eps=v2p.norm_context.eps)
+            time(virtual.view(B * V, T, C))
+            virtual_t = virtual.transpose(1, 2).reshape(B, T, V, C)
+            for b in range(B):
+                for f0 in range(0, T, frames_per_chunk):
+                    f = slice(f0, min(T, f0 + frames_per_chunk))
+                    p, v = points_t[b, f], virtual_t[b, f]  # (f, N, C), (f, V, C)
+                    v2p(v, context_t[b, f])
+                    virtual_block(v)
+                    attended = p2v.cross_attn(normed_t[b, f], p2v.norm_context(v))
+                    self._residual_mlp(p2v, p, attended, sum_to=points[b, :, f].transpose(0, 1))
+            virtual = virtual_t.transpose(1, 2).contiguous()
+        heads = (self.flow_head, self.vis_conf_head)
+        return F.linear(points, torch.cat([h.weight for h in heads]),
+                        torch.cat([h.bias for h in heads]))
+
+    @staticmethod
+    def _residual_mlp(block: nn.Module, x: Tensor, attended: Tensor, **last) -> None:
+        """``x += attended; x += block.mlp(norm2(x))`` for ``x (P, Q, C)``, the last sum (and
+        norms of it) written where `add_norm`'s ``last`` arguments say (not into ``x``)."""
+        h = torch.empty_like(x)
+        add_norm(x, attended, sum_to=x, norm_to=h)
+        add_norm(x, block.mlp(h), **last)
 
 
 # -- 5. The shared tracker core ---------------------------------------------------------------

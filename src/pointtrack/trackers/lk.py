@@ -8,7 +8,6 @@ come back), but it is reported occluded until it passes again.
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 from ..tracks import Tracks
@@ -37,6 +36,7 @@ class LucasKanadeTracker(Tracker):
         ncc_threshold: float = 0.6,
         patch: int = 9,
     ) -> None:
+        import cv2  # loaded with the engine's first use, not with the registry
         super().__init__(
             window=window,
             levels=levels,
@@ -54,6 +54,7 @@ class LucasKanadeTracker(Tracker):
         self.patch = patch
 
     def _track(self, clip: Clip, prompt: Prompt) -> Tracks:
+        import cv2
         if prompt.queries is not None:
             queries = prompt.queries
         else:
@@ -94,6 +95,7 @@ class LucasKanadeTracker(Tracker):
 
     def _step(self, prev: np.ndarray, cur: np.ndarray, pts: np.ndarray):
         """One LK step ``(N, 2)`` -> ``(N, 2)`` and whether it passed the forward-backward check."""
+        import cv2
         p0 = pts.reshape(-1, 1, 2)
         p1, st1, _ = cv2.calcOpticalFlowPyrLK(prev, cur, p0, None, **self.lk_params)
         back, st2, _ = cv2.calcOpticalFlowPyrLK(cur, prev, p1, None, **self.lk_params)
@@ -105,6 +107,7 @@ class LucasKanadeTracker(Tracker):
 
     def _patches(self, gray: np.ndarray, pts: np.ndarray) -> np.ndarray:
         """Zero-mean, unit-norm patches ``(N, P*P)`` around points, sampled bilinearly."""
+        import cv2
         r = (self.patch - 1) / 2
         offsets = np.linspace(-r, r, self.patch, dtype=np.float32)
         oy, ox = np.meshgrid(offsets, offsets, indexing="ij")
