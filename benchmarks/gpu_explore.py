@@ -141,8 +141,28 @@ def top_kernels(case: dict, precision: str, rows: int = 25) -> str:
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         tracker.track(clip, grid_size=case["grid"])
         torch.cuda.synchronize()
-    return prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=rows,
-                                     max_name_column_width=70)
+    averages = prof.key_averages()
+    return "\n".join([
+        gpu_busy(prof),
+        averages.table(sort_by="self_cuda_time_total", row_limit=rows, max_name_column_width=70),
+        averages.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=70),
+    ])
+
+
+def gpu_busy(prof) -> str:
+    """How much of the profiled span the GPU was running kernels (the union of their
+    intervals): far under 100% means the CPU does not launch work fast enough."""
+    spans, first, last = [], float("inf"), 0.0
+    for e in prof.events():
+        first, last = min(first, e.time_range.start), max(last, e.time_range.end)
+        if e.device_type.name == "CUDA":
+            spans.append((e.time_range.start, e.time_range.end))
+    busy, end = 0.0, -1.0
+    for a, b in sorted(spans):
+        if b > end:
+            busy += b - max(a, end)
+            end = b
+    return f"profiled span {(last - first) / 1e3:.1f} ms, GPU busy {busy / 1e3:.1f} ms"
 
 
 def main() -> int:

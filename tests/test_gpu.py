@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pointtrack.models import corr_triton
 from pointtrack.models.cotracker3 import CoTracker3Offline, CoTracker3Online, blend, gather_windows
@@ -118,3 +119,55 @@ def test_fp16_autocast_runs_near_fp32(name, cls):
     tracks = fp16.track(video, grid_size=5)
     assert np.isfinite(tracks.xy).all()
     assert np.median(np.linalg.norm(tracks.xy - fp32.xy, axis=-1)) < 1.0
+
+
+def test_add_norm_kernel_matches_float64_reference():
+    """The fused residual add + LayerNorm writes the sum and both norms into strided views
+    (a chunk of tracks landing in a frame-major buffer), as float64 PyTorch would."""
+    from pointtrack.models.add_norm import add_norm
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    n, T, N, C = 37, 11, 50, 384
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2)):
+        x = torch.randn(n, T, C, device="cuda", generator=g).to(dtype) * 3 + 1
+        y = torch.randn(n, T, C, device="cuda", generator=g).to(dtype)
+        w = torch.randn(C, device="cuda", generator=g).to(dtype)
+        b = torch.randn(C, device="cuda", generator=g).to(dtype)
+        buffers = [torch.full((T, N, C), float("nan"), device="cuda", dtype=dtype)
+                   for _ in range(3)]
+        views = [buf[:, 5 : 5 + n].transpose(0, 1) for buf in buffers]
+        add_norm(x, y, sum_to=views[0], norm_to=views[1], affine_to=views[2], weight=w, bias=b,
+                 eps=1e-6, affine_eps=1e-5)
+        s = x.double() + y.double()
+        refs = [s, F.layer_norm(s, (C,), eps=1e-6),
+                F.layer_norm(s, (C,), w.double(), b.double(), eps=1e-5)]
+        for view, ref in zip(views, refs, strict=True):
+            assert float((view.double() - ref).norm() / ref.norm()) < tol
+        for buf in buffers:  # only the chunk's rows were written
+            assert torch.isnan(buf[:, :5]).all() and torch.isnan(buf[:, 5 + n :]).all()
+        # In place, with the norm of the stored sum.
+        h = torch.empty_like(x)
+        expected = F.layer_norm((x + y).double(), (C,), eps=1e-6)
+        add_norm(x, y, sum_to=x, norm_to=h)
+        assert float((x.double() - s).norm() / s.norm()) < tol
+        assert float((h.double() - expected).norm() / expected.norm()) < tol
+
+
+def test_compiled_encoder_is_as_close_to_fp32_as_eager_bf16():
+    model = CoTracker3Offline().cuda().eval()
+    model.load_state_dict(_weights(CoTracker3Offline))
+    video = torch.from_numpy(_video(T=11, w=512, h=384)).cuda().permute(0, 3, 1, 2)[None].float()
+    with torch.inference_mode():
+        ref = model.encode(video)
+        bf16 = CoTracker3Offline().cuda().eval()
+        bf16.load_state_dict(model.state_dict())
+        bf16 = bf16.bfloat16()
+        compiled = bf16.encode(video)  # 11 frames: a full chunk of 8 and a padded one
+        assert "fnet" in bf16.__dict__["_compiled"]
+        bf16.cfg.compile_encoder = False
+        eager = bf16.encode(video)
+    for r, c, e in zip(ref, compiled, eager, strict=True):
+        assert c.shape == r.shape
+        err_c = float((c.float() - r).norm() / r.norm())
+        err_e = float((e.float() - r).norm() / r.norm())
+        assert err_c < max(1.5 * err_e, 1e-2), (err_c, err_e)

@@ -52,7 +52,9 @@ class CoTracker3Config:
     encoder_chunk: int = 8  # frames per CNN batch (bounds activation memory, exact)
     corr_budget: int = 2**26  # elements of a correlation patch tensor (chunks over points)
     token_budget: int = 2**16  # tokens per transformer chunk (bounds activations, exact)
-    cuda_graphs: bool = True  # online, on GPU: windows replay one captured CUDA graph
+    attention_budget: int = 2**16  # context tokens per virtual-track attention (GPU: 2**19)
+    cuda_graphs: bool = True  # on GPU: iterations (online: whole windows) replay CUDA graphs
+    compile_encoder: bool = True  # on GPU in bf16/fp16: torch.compile the CNN (fused norms)
 
     @property
     def patch(self) -> int:
@@ -213,15 +215,18 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, out_dim or in_dim)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.hidden(x))
+
+    def hidden(self, x: Tensor, fc1_weight: Tensor | None = None) -> Tensor:
+        """``act(fc1(x))``; ``fc1_weight`` replaces fc1's weight (e.g. zero-padded inputs)."""
+        weight = self.fc1.weight if fc1_weight is None else fc1_weight
         if (x.is_cuda and self.act.approximate == "tanh" and x.dtype != torch.float32
                 and hasattr(torch, "_addmm_activation")):
             # cuBLAS applies this GELU in the matrix product's epilogue: one pass fewer.
-            hidden = torch._addmm_activation(
-                self.fc1.bias, x.reshape(-1, x.shape[-1]), self.fc1.weight.t(), use_gelu=True
+            return torch._addmm_activation(
+                self.fc1.bias, x.reshape(-1, x.shape[-1]), weight.t(), use_gelu=True
             ).reshape(*x.shape[:-1], -1)
-        else:
-            hidden = self.act(self.fc1(x))
-        return self.fc2(hidden)
+        return self.act(F.linear(x, weight, self.fc1.bias))
 
 
 class Attention(nn.Module):
@@ -312,29 +317,33 @@ class UpdateFormer(nn.Module):
             CrossAttnBlock(dim, heads, ratio) for _ in range(cfg.depth)
         )
 
-    def forward(self, x: Tensor, token_budget: int = 2**16) -> Tensor:
-        return self.run(self.input_transform(x), token_budget)
+    def forward(self, x: Tensor, token_budget: int = 2**16,
+                attention_budget: int = 2**16) -> Tensor:
+        return self.run(self.input_transform(x), token_budget, attention_budget)
 
-    def run(self, tokens: Tensor, token_budget: int = 2**16) -> Tensor:
+    def run(self, tokens: Tensor, token_budget: int = 2**16,
+            attention_budget: int = 2**16) -> Tensor:
         """Embedded tokens ``(B, N, T, C)`` -> updates ``(B, N, T, 4)``. ``tokens`` is used
         as the points' residual stream: it is overwritten.
 
         Every block works on independent groups (tracks for time attention, frames for space
         attention), so they run in chunks of about ``token_budget`` tokens: the same numbers
-        as one pass, with activations bounded whatever N and T. The points' stream lives
+        as one pass, with activations bounded whatever N and T. The virtual tracks' attention
+        over all points of a frame runs over up to ``attention_budget`` points at once: with
+        64 queries per frame it only fills a GPU across many frames. The points' stream lives
         twice, track-major for time and frame-major for space; the last residual add of each
-        step writes straight into the other layout, together with the LayerNorms the next
-        step starts with (`add_norm`), so no pass is spent on transposes or norms alone.
+        step writes straight into the other layout, with the LayerNorm the next step starts
+        with (`add_norm`), so no pass is spent on transposes or norms alone.
         """
         B, N, T, C = tokens.shape
         V = self.virual_tracks.shape[1]
         points = tokens  # (B, N, T, C)
         points_t = tokens.new_empty(B, T, N, C)  # frame-major: the points' stream for space
-        normed_t = torch.empty_like(points_t)  # its norm1 for the point-to-virtual block
         context_t = torch.empty_like(points_t)  # its norm_context for the virtual-to-point block
         virtual = tokens.new_empty(B, V, T, C).copy_(self.virual_tracks.expand(B, -1, T, -1))
         tracks_per_chunk = max(1, token_budget // T)
         frames_per_chunk = max(1, token_budget // (N + V))
+        frames_per_attention = max(frames_per_chunk, attention_budget // (N + V))
 
         def frame_major(buffer: Tensor, b: int, n: slice) -> Tensor:  # (n, T, C) view
             return buffer[b, :, n].transpose(0, 1)
@@ -349,20 +358,24 @@ class UpdateFormer(nn.Module):
                     h = torch.empty_like(x)
                     add_norm(x, norm_to=h)
                     self._residual_mlp(time, x, time.attn(h), sum_to=frame_major(points_t, b, n),
-                                       norm_to=frame_major(normed_t, b, n),
                                        affine_to=frame_major(context_t, b, n),
                                        weight=v2p.norm_context.weight, bias=v2p.norm_context.bias,
                                        affine_eps=v2p.norm_context.eps)
             time(virtual.view(B * V, T, C))
             virtual_t = virtual.transpose(1, 2).reshape(B, T, V, C)
             for b in range(B):
-                for f0 in range(0, T, frames_per_chunk):
-                    f = slice(f0, min(T, f0 + frames_per_chunk))
-                    p, v = points_t[b, f], virtual_t[b, f]  # (f, N, C), (f, V, C)
-                    v2p(v, context_t[b, f])
-                    virtual_block(v)
-                    attended = p2v.cross_attn(normed_t[b, f], p2v.norm_context(v))
-                    self._residual_mlp(p2v, p, attended, sum_to=points[b, :, f].transpose(0, 1))
+                for a0 in range(0, T, frames_per_attention):
+                    a = slice(a0, min(T, a0 + frames_per_attention))
+                    v2p(virtual_t[b, a], context_t[b, a])
+                    virtual_block(virtual_t[b, a])
+                    for f0 in range(a.start, a.stop, frames_per_chunk):
+                        f = slice(f0, min(a.stop, f0 + frames_per_chunk))
+                        p = points_t[b, f]  # (f, N, C): attention across tracks
+                        h = torch.empty_like(p)
+                        add_norm(p, norm_to=h)
+                        attended = p2v.cross_attn(h, p2v.norm_context(virtual_t[b, f]))
+                        self._residual_mlp(p2v, p, attended,
+                                           sum_to=points[b, :, f].transpose(0, 1))
             virtual = virtual_t.transpose(1, 2).contiguous()
         heads = (self.flow_head, self.vis_conf_head)
         return F.linear(points, torch.cat([h.weight for h in heads]),
@@ -400,15 +413,21 @@ class CoTracker3(nn.Module):
         B, T = video.shape[:2]
         frames = video.reshape(B * T, *video.shape[2:])
         chunks = []
+        step = self.cfg.encoder_chunk
+        fnet, compiled = self.fnet, self._compiled_encoder(video)
         # cuDNN's autotuner finds far faster convolutions for these few fixed shapes (2x on
         # an H100); scoped here so the caller's setting stays as it was.
         benchmark = torch.backends.cudnn.benchmark
         torch.backends.cudnn.benchmark = benchmark or video.is_cuda
         try:
-            for i in range(0, B * T, self.cfg.encoder_chunk):
-                x = frames[i : i + self.cfg.encoder_chunk] / 255.0 * 2 - 1
+            for i in range(0, B * T, step):
+                x = frames[i : i + step] / 255.0 * 2 - 1
                 x = x.to(self.fnet.conv1.weight.dtype)  # a model converted to bf16 takes bf16
-                f = self.fnet(x)
+                n = len(x)
+                if compiled is not None:  # one input shape, one compilation: pad the last chunk
+                    fnet = compiled
+                    x = torch.cat([x, x[-1:].expand(step - n, *x.shape[1:])]) if n < step else x
+                f = fnet(x)[:n]  # frames are independent (instance norm): padding changes nothing
                 chunks.append(f / f.square().sum(1, keepdim=True).clamp_min(1e-12).sqrt())
         finally:
             torch.backends.cudnn.benchmark = benchmark
@@ -418,6 +437,19 @@ class CoTracker3(nn.Module):
             fmap = F.avg_pool2d(fmap, 2, stride=2)
             pyramid.append(fmap)
         return [f.permute(0, 2, 3, 1).reshape(B, T, *f.shape[2:], f.shape[1]) for f in pyramid]
+
+    def _compiled_encoder(self, video: Tensor) -> Callable | None:
+        """The CNN through ``torch.compile`` where that pays: CUDA with Triton and a bf16 or
+        fp16 model. Inductor fuses the instance norms, activations and resizes the eager CNN
+        spends most of its time on (2.3x faster on an H100), once per process (its cache on
+        disk makes later processes quick)."""
+        if not (self.cfg.compile_encoder and video.is_cuda and corr_triton.available(video)
+                and self.fnet.conv1.weight.dtype in (torch.bfloat16, torch.float16)):
+            return None
+        cache = self.__dict__.setdefault("_compiled", {})  # not a submodule: no state-dict keys
+        if "fnet" not in cache:
+            cache["fnet"] = torch.compile(self.fnet, dynamic=False)
+        return cache["fnet"]
 
     def query_features(self, pyramid: list[Tensor], frames: Tensor, xy: Tensor) -> list[Tensor]:
         """Patch features ``(B, N, P*P, C)`` per level around each query.
@@ -435,11 +467,13 @@ class CoTracker3(nn.Module):
 
     def correlate(self, pyramid: list[Tensor], xy: Tensor, support: list[Tensor],
                   fc1_padded: Tensor | None = None) -> Tensor:
-        """4D correlation embeddings ``(B, n, T, levels * 256)`` of tracks at ``xy (B, n, T,
-        2)`` (feature pixels).
+        """Hidden features ``(B, n, T, levels * 384)`` of the 4D correlation of tracks at
+        ``xy (B, n, T, 2)`` (feature pixels).
 
         At every level, the P*P features around each track's current position are dotted with
-        the P*P features around its query: a (P*P) x (P*P) volume, embedded by `corr_mlp`.
+        the P*P features around its query: a (P*P) x (P*P) volume, which goes through the
+        first layer of `corr_mlp` (with its activation). The second layer is linear, like the
+        token embedding it feeds, so `refine` folds the two into one matrix.
         """
         B, n, T, _ = xy.shape
         if self.fused_correlation(pyramid):
@@ -447,14 +481,12 @@ class CoTracker3(nn.Module):
             volume = corr_triton.correlate_volumes(
                 [p[0] for p in pyramid], xy[0], [s[0] for s in support]
             )
-            fc1 = self.corr_mlp.fc1
             if fc1_padded is None:
-                fc1_padded = _padded(fc1.weight, corr_triton.ROW)
-            hidden = self.corr_mlp.act(F.linear(volume, fc1_padded, fc1.bias))
-            return self.corr_mlp.fc2(hidden).reshape(B, n, T, -1)
+                fc1_padded = _padded(self.corr_mlp.fc1.weight, corr_triton.ROW)
+            return self.corr_mlp.hidden(volume, fc1_padded).reshape(B, n, T, -1)
         P2 = self.cfg.patch**2
         frames = torch.arange(T, device=xy.device).expand(B, n, T)
-        embs = []
+        hidden = []
         for level, fmaps in enumerate(pyramid):
             at = xy / 2**level
             window = gather_windows(fmaps, at, frames, self.cfg.corr_radius)
@@ -466,8 +498,8 @@ class CoTracker3(nn.Module):
                 window.reshape(B * n, T * U, C), query.reshape(B * n, P2, C).transpose(1, 2)
             ).reshape(*window.shape[:-1], P2)
             volume = blend(window_corr, at)  # B n T P P P2
-            embs.append(self.corr_mlp(volume.reshape(B, n, T, P2 * P2)))
-        return torch.cat(embs, dim=-1)
+            hidden.append(self.corr_mlp.hidden(volume.reshape(B, n, T, P2 * P2)))
+        return torch.cat(hidden, dim=-1)
 
     def fused_correlation(self, pyramid: list[Tensor]) -> bool:
         """Whether `correlate` runs the fused GPU kernel: CUDA with Triton, one video, 4
@@ -502,10 +534,18 @@ class CoTracker3(nn.Module):
         # The time embedding is added to the input of a linear layer: fold it into a
         # per-frame bias instead of adding it to every wide token.
         time_emb = self.time_embedding(T).to(device=coords.device, dtype=weight.dtype)
+        # The correlation MLP's second layer and the embedding's correlation columns are both
+        # linear: one (C, levels * 384) matrix takes the MLP's hidden features straight to
+        # tokens (composed in fp32), and the MLP's output bias joins the per-frame bias.
+        fc2 = self.corr_mlp.fc2
+        levels = weight[:, corr_cols].float().unflatten(1, (self.cfg.corr_levels, -1))
+        corr = torch.einsum("clk,kh->clh", levels, fc2.weight.float()).flatten(1)
+        corr_bias = levels.sum(1) @ fc2.bias.float()
         embed = _Embedding(
             small=torch.cat([weight[:, :corr_cols.start], weight[:, corr_cols.stop :]], 1),
-            corr=weight[:, corr_cols].contiguous(),
-            time_bias=F.linear(time_emb, weight, linear.bias)[:, None],
+            corr=corr.to(weight.dtype),
+            time_bias=(F.linear(time_emb, weight, linear.bias)
+                       + corr_bias.to(weight.dtype))[:, None],
             fc1=(_padded(self.corr_mlp.fc1.weight, corr_triton.ROW)
                  if self.fused_correlation(pyramid) else self.corr_mlp.fc1.weight),
             # Made on the device (no host copy): refine may be captured in a CUDA graph.
@@ -516,6 +556,9 @@ class CoTracker3(nn.Module):
             return self.iteration(pyramid, support, embed, coords, vis, conf)
 
         state = (coords.float(), vis.float(), conf.float())
+        if (self.cfg.cuda_graphs and coords.is_cuda and iters > 2
+                and not torch.cuda.is_current_stream_capturing()):
+            return _replay_iterations(step, state, iters)
         for _ in range(iters):
             state = step(*state)
         return state
@@ -551,9 +594,14 @@ class CoTracker3(nn.Module):
         for n0 in range(0, N, chunk):
             part = slice(n0, n0 + chunk)
             xy = coords[:, :, part].transpose(1, 2)  # B n T 2
-            corr = self.correlate(pyramid, xy, [s[:, part] for s in support], embed.fc1)
-            tokens[:, part] += F.linear(corr.to(dtype), embed.corr)
-        delta = self.updateformer.run(tokens, self.cfg.token_budget)
+            hidden = self.correlate(pyramid, xy, [s[:, part] for s in support], embed.fc1)
+            rows = tokens[:, part]
+            if rows.is_contiguous():  # one video: add in the matrix product's epilogue
+                rows.view(-1, rows.shape[-1]).addmm_(hidden.reshape(-1, hidden.shape[-1]).to(dtype),
+                                                    embed.corr.t())
+            else:
+                rows += F.linear(hidden.to(dtype), embed.corr)
+        delta = self.updateformer.run(tokens, self.cfg.token_budget, self.cfg.attention_budget)
         delta = delta.transpose(1, 2).float()  # B T N 4
         return coords + delta[..., :2], vis + delta[..., 2], conf + delta[..., 3]
 
@@ -562,7 +610,7 @@ class _Embedding(NamedTuple):
     """The token embedding's weights, split and prepared once per `CoTracker3.refine`."""
 
     small: Tensor  # (C, 86) input-layer columns of visibility, confidence and motion
-    corr: Tensor  # (C, levels * 256) input-layer columns of the correlations
+    corr: Tensor  # (C, levels * 384) correlation MLP hidden features -> tokens
     time_bias: Tensor  # (1, 1, T, C) the time embedding through the input layer, with bias
     fc1: Tensor  # the correlation MLP's first weight, padded to the fused kernel's rows
     extent: Tensor  # (2,) feature map width and height
@@ -590,6 +638,22 @@ def _capture(fn) -> torch.cuda.CUDAGraph:
             graph.capture_end()
     torch.cuda.current_stream().wait_stream(stream)
     return graph
+
+
+def _replay_iterations(step: Callable, state: tuple[Tensor, ...], iters: int) -> tuple[Tensor, ...]:
+    """``iters`` applications of ``step`` to ``state``: the first eagerly (which compiles and
+    loads whatever kernels these shapes need), the second captured as a CUDA graph that the
+    rest replay. An iteration launches about a thousand small kernels, whose launching costs
+    the CPU about as long as the GPU takes to run them: replays cost it nothing."""
+    state = step(*state)
+    static = tuple(t.clone() for t in state)
+    out: list[Tensor] = []
+    graph = _capture(lambda: out.extend(step(*static)))
+    for _ in range(iters - 1):
+        graph.replay()
+        for s, o in zip(static, out, strict=True):
+            s.copy_(o)
+    return static
 
 
 class CapturedRefine:

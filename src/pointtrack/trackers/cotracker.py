@@ -117,6 +117,10 @@ class _CoTracker3Engine(Tracker):
             # and logits still accumulate in fp32 inside the model.
             dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
             self._model = model.to(self.device, dtype).eval()
+            if self.device.type == "cuda":
+                # The virtual tracks' attention over the points runs 15x faster batched over
+                # 16 frames than frame by frame on an H100 (64 queries fill few of its cores).
+                self._model.cfg.attention_budget = 2**19
             self.checkpoint = None  # the weights live in the model now
         return self._model
 
