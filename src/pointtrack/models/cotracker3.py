@@ -53,7 +53,7 @@ class CoTracker3Config:
     corr_budget: int = 2**26  # elements of a correlation patch tensor (chunks over points)
     token_budget: int = 2**16  # tokens per transformer chunk (bounds activations, exact)
     attention_budget: int = 2**16  # context tokens per virtual-track attention (GPU: 2**19)
-    cuda_graphs: bool = True  # on GPU: iterations (online: whole windows) replay CUDA graphs
+    cuda_graphs: bool = True  # online, on GPU: windows replay one captured CUDA graph
     compile_encoder: bool = True  # on GPU in bf16/fp16: torch.compile the CNN (fused norms)
 
     @property
@@ -556,9 +556,6 @@ class CoTracker3(nn.Module):
             return self.iteration(pyramid, support, embed, coords, vis, conf)
 
         state = (coords.float(), vis.float(), conf.float())
-        if (self.cfg.cuda_graphs and coords.is_cuda and iters > 2
-                and not torch.cuda.is_current_stream_capturing()):
-            return _replay_iterations(step, state, iters)
         for _ in range(iters):
             state = step(*state)
         return state
@@ -638,22 +635,6 @@ def _capture(fn) -> torch.cuda.CUDAGraph:
             graph.capture_end()
     torch.cuda.current_stream().wait_stream(stream)
     return graph
-
-
-def _replay_iterations(step: Callable, state: tuple[Tensor, ...], iters: int) -> tuple[Tensor, ...]:
-    """``iters`` applications of ``step`` to ``state``: the first eagerly (which compiles and
-    loads whatever kernels these shapes need), the second captured as a CUDA graph that the
-    rest replay. An iteration launches about a thousand small kernels, whose launching costs
-    the CPU about as long as the GPU takes to run them: replays cost it nothing."""
-    state = step(*state)
-    static = tuple(t.clone() for t in state)
-    out: list[Tensor] = []
-    graph = _capture(lambda: out.extend(step(*static)))
-    for _ in range(iters - 1):
-        graph.replay()
-        for s, o in zip(static, out, strict=True):
-            s.copy_(o)
-    return static
 
 
 class CapturedRefine:

@@ -121,6 +121,9 @@ class _CoTracker3Engine(Tracker):
                 # The virtual tracks' attention over the points runs 15x faster batched over
                 # 16 frames than frame by frame on an H100 (64 queries fill few of its cores).
                 self._model.cfg.attention_budget = 2**19
+                # Fewer, larger correlation chunks: each costs the CPU as much to launch as a
+                # small one, and the volumes live only while the tokens are built.
+                self._model.cfg.corr_budget = 2**28
             self.checkpoint = None  # the weights live in the model now
         return self._model
 
@@ -397,6 +400,7 @@ class _Windows:
         self.final: list[tuple[np.ndarray, ...]] = []  # rows [0, start)
         self.pending: tuple[np.ndarray, ...] | None = None  # rows [start, start + S - step)
         self.overlap: list[torch.Tensor] | None = None  # features of rows [start, start+S-step)
+        self.queued: tuple | None = None  # the last window's results, still on their way
 
     def push(self, frames: Iterable[np.ndarray]) -> None:
         for frame in frames:
@@ -413,6 +417,7 @@ class _Windows:
         return self.rows()
 
     def rows(self) -> tuple[np.ndarray, ...]:
+        self._collect()
         parts = self.final + ([self.pending] if self.pending is not None else [])
         if not parts:
             empty = np.zeros((0, self.N), np.float32)
@@ -430,24 +435,43 @@ class _Windows:
             new = [torch.cat(pair, dim=1) for pair in zip(self.overlap, new, strict=True)]
         self.overlap = [p[:, self.step :].clone() for p in new] if length == self.S else None
         pyramid = self.model.pad_window(new)
+        outs = []
+        for state in self.states:
+            with self.engine.autocast():
+                out = self.model.track(pyramid, state, length, self.engine.iters)
+            # To the host without waiting (pinned memory on CUDA): the GPU goes on with the
+            # next window while the CPU reads these.
+            outs.append(tuple(o[0].float().to("cpu", non_blocking=True) for o in out))
+        done = None
+        if self.engine.device.type == "cuda":
+            done = torch.cuda.Event()
+            done.record()
+        self._collect()  # the previous window's results, read now that this one is queued
+        self.queued = (length, outs, done)
+        self.start += self.step
+        self.buffer = self.buffer[self.step :]
+        self.windows_run += 1
+
+    def _collect(self) -> None:
+        """File the queued window's results: rows before the next window are final, the
+        rest pending (the next window starts `step` frames later and redoes them)."""
+        if self.queued is None:
+            return
+        length, outs, done = self.queued
+        self.queued = None
+        if done is not None:
+            done.synchronize()
         xy = np.zeros((length, self.N, 2), np.float32)
         vis = np.zeros((length, self.N), np.float32)
         conf = np.zeros((length, self.N), np.float32)
-        for idx, state in zip(self.groups, self.states, strict=True):
-            with self.engine.autocast():
-                out = self.model.track(pyramid, state, length, self.engine.iters)
-            c, v, f = self.engine._numpy(out)
+        for idx, (c, v, f) in zip(self.groups, outs, strict=True):
             n = len(idx)
-            xy[:, idx], vis[:, idx], conf[:, idx] = c[:, :n], v[:, :n], f[:, :n]
-        # The next window starts `step` frames later and redoes the rest of this one.
+            xy[:, idx], vis[:, idx], conf[:, idx] = (o.numpy()[:, :n] for o in (c, v, f))
         self.final.append((xy[: self.step], vis[: self.step], conf[: self.step]))
         self.pending = (xy[self.step :], vis[self.step :], conf[self.step :])
         if length <= self.step:  # nothing left for a next window: all rows are final
             self.pending = None
             self.final[-1] = (xy, vis, conf)
-        self.start += self.step
-        self.buffer = self.buffer[self.step :]
-        self.windows_run += 1
 
 
 class OnlineStream:
