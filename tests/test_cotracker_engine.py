@@ -295,9 +295,10 @@ def test_cli_track_with_checkpoint_file(offline_weights, tmp_path):
     assert code == 2
     bf16_out = tmp_path / "bf16.tracks.npz"
     code = cli.main(["track", str(video), "--engine", "cotracker3-offline", "--checkpoint",
-                     str(checkpoint), "--precision", "bf16", "--grid-size", "3",
+                     str(checkpoint), "--precision", "bf16", "--no-compile", "--grid-size", "3",
                      "--out", str(bf16_out)])
-    assert code == 0 and Tracks.load(bf16_out).options["precision"] == "bf16"
+    options = Tracks.load(bf16_out).options
+    assert code == 0 and options["precision"] == "bf16" and options["compile"] is False
     lk_out = tmp_path / "lk.tracks.npz"
     code = cli.main(["track", str(video), "--precision", "bf16", "--grid-size", "3",
                      "--out", str(lk_out)])
