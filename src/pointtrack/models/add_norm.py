@@ -71,23 +71,23 @@ def _add_norm_triton(x, y, sum_to, norm_to, affine_to, weight, bias, eps, affine
     dummy = x  # pointer for the outputs not asked for (never touched)
     if affine_to is not None and (weight is None or bias is None):
         raise ValueError("affine_to needs weight and bias")
-    _add_norm_kernel[(triton_cdiv(P * Q, ROWS),)](
+    _add_norm_kernel[(_cdiv(P * Q, ROWS),)](
         x, y if y is not None else dummy,
         sum_to if sum_to is not None else dummy,
         norm_to if norm_to is not None else dummy,
         affine_to if affine_to is not None else dummy,
         weight if weight is not None else dummy, bias if bias is not None else dummy,
         P * Q, Q, eps, affine_eps, *strides,
-        C=C, BLOCK_C=triton_next_pow2(C), ROWS=ROWS,
+        C=C, BLOCK_C=_next_pow2(C), ROWS=ROWS,
         HAS_Y=y is not None, WRITE_SUM=sum_to is not None, WRITE_NORM=norm_to is not None,
         WRITE_AFFINE=affine_to is not None,
         num_warps=4,
     )
 
 
-def triton_cdiv(a: int, b: int) -> int:
+def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def triton_next_pow2(n: int) -> int:
+def _next_pow2(n: int) -> int:
     return 1 << (n - 1).bit_length()
