@@ -119,39 +119,13 @@ def virtual_attention(report: dict) -> None:
     print(report, flush=True)
 
 
-def correlation_layout(report: dict) -> None:
-    """The fused correlation kernel with packed 49-element rows against rows spaced 56 apart
-    (16-byte aligned stores, 13% more GEMM input), each followed by the MLP's first layer."""
-    from pointtrack.models import corr_triton
-
-    for n, T in ((336, 82), (1724, 16)):  # an offline and an online chunk of 2^28 elements
-        pyramid = [torch.randn(T, 96 >> lv, 128 >> lv, 128, device="cuda").bfloat16()
-                   for lv in range(4)]
-        support = [torch.randn(n, 49, 128, device="cuda").bfloat16() for _ in range(4)]
-        xy = torch.rand(n, T, 2, device="cuda") * torch.tensor([128.0, 96.0], device="cuda")
-        for stride in (49, 56):
-            with torch.inference_mode():
-                volume = corr_triton.correlate_volumes(pyramid, xy, support, row_stride=stride)
-                weight = torch.randn(384, volume.shape[-1], device="cuda").bfloat16()
-                bias = torch.randn(384, device="cuda").bfloat16()
-                rows = volume.view(-1, volume.shape[-1])
-                kernel = bench(lambda s=stride, p=pyramid, x=xy, q=support:
-                               corr_triton.correlate_volumes(p, x, q, row_stride=s))
-                gemm = bench(lambda r=rows, w=weight, b=bias:
-                             torch._addmm_activation(b, r, w.t(), use_gelu=True))
-            report[f"corr_n{n}_T{T}_stride{stride}_kernel_ms"] = kernel
-            report[f"corr_n{n}_T{T}_stride{stride}_fc1_ms"] = gemm
-    print(report, flush=True)
-
-
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--out", type=Path)
     p.add_argument("--parts", default="attention,block,encoder")
     args = p.parse_args()
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
-    parts = {"encoder": encoder, "block": transformer_block, "attention": virtual_attention,
-             "corr_layout": correlation_layout}
+    parts = {"encoder": encoder, "block": transformer_block, "attention": virtual_attention}
     for name in args.parts.split(","):
         try:
             parts[name](report)

@@ -14,7 +14,7 @@ def _correlate_kernel(
     stride_xn,  # xy (n, T, 2)
     stride_on, stride_ot,  # out (n, T, levels, ROW)
     C: tl.constexpr, R: tl.constexpr, ROW_LEN: tl.constexpr, BLOCK_T: tl.constexpr,
-    PRECISION: tl.constexpr, ROW_STRIDE: tl.constexpr = 49,
+    PRECISION: tl.constexpr,
 ):
     P: tl.constexpr = 2 * R + 1
     # Points vary fastest: neighbouring programs read the same frame (shared in L2).
@@ -63,11 +63,9 @@ def _correlate_kernel(
             patch = tl.dot(blend, window, input_precision=PRECISION)  # (64, C) fp32
             corr = tl.dot(patch.to(q.dtype), tl.trans(q), input_precision=PRECISION)
             dst = out_ptr + point * stride_on + t * stride_ot + level * ROW_LEN
-            # Patch position p's 49 correlations start at p * ROW_STRIDE (49: packed; a
-            # multiple of 8 aligns them for 16-byte stores, the gaps holding zeros).
-            cols = rows[:, None] * ROW_STRIDE + rows[None, :]
-            valid = (rows[:, None] < P * P) & (rows[None, :] < ROW_STRIDE)
+            cols = rows[:, None] * (P * P) + rows[None, :]
+            valid = (rows[:, None] < P * P) & (rows[None, :] < P * P)
             tl.store(dst + cols, corr.to(out_ptr.dtype.element_ty), mask=valid)
             pad = tl.arange(0, 32)
-            tl.store(dst + P * P * ROW_STRIDE + pad, tl.zeros((32,), out_ptr.dtype.element_ty),
-                     mask=pad < ROW_LEN - P * P * ROW_STRIDE)
+            tl.store(dst + P * P * P * P + pad, tl.zeros((32,), out_ptr.dtype.element_ty),
+                     mask=pad < ROW_LEN - P * P * P * P)

@@ -38,15 +38,11 @@ def _triton_installed() -> bool:  # asked once per chunk of points: look it up o
 
 
 def correlate_volumes(pyramid: list[Tensor], xy: Tensor, support: list[Tensor],
-                      radius: int = 3, block_t: int = 1, num_warps: int = 4,
-                      row_stride: int = 49) -> Tensor:
+                      radius: int = 3, block_t: int = 1, num_warps: int = 4) -> Tensor:
     """Correlation volumes ``(n, T, 4, 2432)`` (the first 2401 of each row used, the rest
     zero) of tracks at ``xy (n, T, 2)`` (level-0 feature pixels) against query patches
     ``support[l] (n, 49, C)``, on the 4 pyramid levels ``(T, H >> l, W >> l, C)`` (channels
-    last). One launch covers every point, frame and level.
-
-    ``row_stride`` > 49 spaces each patch position's 49 values that far apart (zeros between),
-    in rows of ``49 * row_stride`` rounded up to 64: an alternative layout for measuring."""
+    last). One launch covers every point, frame and level."""
     if radius != 3 or len(pyramid) != 4:
         raise ValueError("the fused correlation is written for 7x7 patches on 4 levels")
     n, T, _ = xy.shape
@@ -55,8 +51,7 @@ def correlate_volumes(pyramid: list[Tensor], xy: Tensor, support: list[Tensor],
     for level, fmap in enumerate(pyramid):
         if fmap.shape[1:3] != (H >> level, W >> level):
             raise ValueError(f"pyramid level {level} has size {tuple(fmap.shape[1:3])}")
-    row = ROW if row_stride == 49 else -(-49 * row_stride // 64) * 64
-    out = torch.empty(n, T, 4, row, device=xy.device, dtype=dtype)
+    out = torch.empty(n, T, 4, ROW, device=xy.device, dtype=dtype)
     if n == 0 or T == 0:
         return out
     from ._corr_kernel import _correlate_kernel
@@ -69,8 +64,8 @@ def correlate_volumes(pyramid: list[Tensor], xy: Tensor, support: list[Tensor],
         T, H, W,
         xy.stride(0),
         out.stride(0), out.stride(1),
-        C=C, R=radius, ROW_LEN=row, BLOCK_T=block_t,
-        PRECISION="ieee" if dtype == torch.float32 else "tf32", ROW_STRIDE=row_stride,
+        C=C, R=radius, ROW_LEN=ROW, BLOCK_T=block_t,
+        PRECISION="ieee" if dtype == torch.float32 else "tf32",
         num_warps=num_warps,
     )
     return out
