@@ -303,3 +303,33 @@ def test_cli_track_with_checkpoint_file(offline_weights, tmp_path):
     code = cli.main(["track", str(video), "--precision", "bf16", "--grid-size", "3",
                      "--out", str(lk_out)])
     assert code == 2 and not lk_out.exists()  # lk has no precision option
+
+
+def test_add_norm_writes_sum_and_norms_into_strided_views():
+    """The fused residual add + LayerNorm (PyTorch path here) lands a chunk of tracks in a
+    frame-major buffer, with both norms, and leaves the rest of the buffer alone."""
+    import torch.nn.functional as F
+
+    from pointtrack.models.add_norm import add_norm
+
+    g = torch.Generator().manual_seed(0)
+    n, T, N, C = 5, 7, 9, 384
+    x = torch.randn(n, T, C, generator=g) * 2 + 1
+    y = torch.randn(n, T, C, generator=g)
+    w, b = torch.randn(C, generator=g), torch.randn(C, generator=g)
+    buffers = [torch.full((T, N, C), float("nan")) for _ in range(3)]
+    views = [buf[:, 2 : 2 + n].transpose(0, 1) for buf in buffers]  # (n, T, C), strided
+    add_norm(x, y, sum_to=views[0], norm_to=views[1], affine_to=views[2], weight=w, bias=b,
+             eps=1e-6, affine_eps=1e-5)
+    s = x + y
+    torch.testing.assert_close(buffers[0][:, 2 : 2 + n], s.transpose(0, 1))
+    n1 = (s - s.mean(-1, keepdim=True)) / (s.var(-1, unbiased=False, keepdim=True) + 1e-6).sqrt()
+    torch.testing.assert_close(buffers[1][:, 2 : 2 + n], n1.transpose(0, 1), atol=1e-5, rtol=1e-5)
+    n2 = F.layer_norm(s, (C,), w, b, eps=1e-5)
+    torch.testing.assert_close(buffers[2][:, 2 : 2 + n], n2.transpose(0, 1))
+    for buf in buffers:
+        assert torch.isnan(buf[:, :2]).all() and torch.isnan(buf[:, 2 + n :]).all()
+    # In place: the sum replaces x.
+    before = x.clone()
+    add_norm(x, y, sum_to=x)
+    torch.testing.assert_close(x, before + y)

@@ -42,7 +42,7 @@ def add_norm(
     if x.is_cuda and corr_triton.available(x):
         _add_norm_triton(x, y, sum_to, norm_to, affine_to, weight, bias, eps, affine_eps)
         return
-    if sum_to is x:
+    if sum_to is x and y is not None:
         s = x.add_(y)
     else:
         s = x if y is None else x + y
