@@ -333,3 +333,24 @@ def test_add_norm_writes_sum_and_norms_into_strided_views():
     before = x.clone()
     add_norm(x, y, sum_to=x)
     torch.testing.assert_close(x, before + y)
+
+
+def test_encoder_falls_back_to_eager_when_compiling_fails(monkeypatch):
+    """A broken torch.compile toolchain costs a warning, not the run: the eager CNN gives the
+    same features and compilation is not tried again."""
+    from pointtrack.models.cotracker3 import CoTracker3Offline
+
+    model = CoTracker3Offline().eval()
+    video = torch.rand(1, 3, 3, 64, 96) * 255
+
+    def broken(x):
+        raise RuntimeError("no C compiler for Triton's launcher")
+
+    with torch.inference_mode():
+        expected = model.encode(video)
+        monkeypatch.setattr(model, "_compiled_encoder", lambda video: broken)
+        with pytest.warns(UserWarning, match="running it eagerly"):
+            got = model.encode(video)
+    assert model.cfg.compile_encoder is False
+    for e, g in zip(expected, got, strict=True):
+        assert torch.equal(e, g)

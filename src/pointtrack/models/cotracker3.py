@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -414,7 +415,7 @@ class CoTracker3(nn.Module):
         frames = video.reshape(B * T, *video.shape[2:])
         chunks = []
         step = self.cfg.encoder_chunk
-        fnet, compiled = self.fnet, self._compiled_encoder(video)
+        compiled = self._compiled_encoder(video)
         # cuDNN's autotuner finds far faster convolutions for these few fixed shapes (2x on
         # an H100); scoped here so the caller's setting stays as it was.
         benchmark = torch.backends.cudnn.benchmark
@@ -424,10 +425,19 @@ class CoTracker3(nn.Module):
                 x = frames[i : i + step] / 255.0 * 2 - 1
                 x = x.to(self.fnet.conv1.weight.dtype)  # a model converted to bf16 takes bf16
                 n = len(x)
-                if compiled is not None:  # one input shape, one compilation: pad the last chunk
-                    fnet = compiled
-                    x = torch.cat([x, x[-1:].expand(step - n, *x.shape[1:])]) if n < step else x
-                f = fnet(x)[:n]  # frames are independent (instance norm): padding changes nothing
+                if compiled is not None:
+                    # One input shape, one compilation: the last chunk is padded (frames are
+                    # independent under instance norm, so padding changes nothing).
+                    padded = x if n == step else torch.cat(
+                        [x, x[-1:].expand(step - n, *x.shape[1:])])
+                    try:
+                        f = compiled(padded)[:n]
+                    except Exception as e:  # compiling needs a working Triton toolchain
+                        warnings.warn(f"torch.compile of the encoder failed, running it eagerly "
+                                      f"({type(e).__name__}: {e})", stacklevel=2)
+                        self.cfg.compile_encoder, compiled = False, None
+                if compiled is None:
+                    f = self.fnet(x)
                 chunks.append(f / f.square().sum(1, keepdim=True).clamp_min(1e-12).sqrt())
         finally:
             torch.backends.cudnn.benchmark = benchmark
