@@ -39,6 +39,8 @@ def add_norm(
     ``LayerNorm(s)`` without affine to ``norm_to`` (epsilon ``eps``) and with ``weight`` and
     ``bias`` to ``affine_to`` (epsilon ``affine_eps``). All ``(P, Q, C)``; the norms are taken
     of ``s`` as stored (rounded to its dtype), as separate PyTorch ops would see it."""
+    if affine_to is not None and (weight is None or bias is None):
+        raise ValueError("affine_to needs weight and bias")
     if x.is_cuda and corr_triton.available(x):
         _add_norm_triton(x, y, sum_to, norm_to, affine_to, weight, bias, eps, affine_eps)
         return
@@ -62,22 +64,15 @@ def _add_norm_triton(x, y, sum_to, norm_to, affine_to, weight, bias, eps, affine
     if P * Q == 0:
         return
     views = [x, y, sum_to, norm_to, affine_to]
+    strides = []
     for v in views:
         if v is not None and (v.shape != x.shape or v.stride(-1) != 1):
             raise ValueError(f"add_norm views must be {tuple(x.shape)} with contiguous rows")
-    strides = []
-    for v in views:
         strides += [v.stride(0), v.stride(1)] if v is not None else [0, 0]
-    dummy = x  # pointer for the outputs not asked for (never touched)
-    if affine_to is not None and (weight is None or bias is None):
-        raise ValueError("affine_to needs weight and bias")
+    # Inputs and outputs not asked for get x's pointer: the kernel never touches them.
+    pointers = [x if t is None else t for t in (*views, weight, bias)]
     _add_norm_kernel[(_cdiv(P * Q, ROWS),)](
-        x, y if y is not None else dummy,
-        sum_to if sum_to is not None else dummy,
-        norm_to if norm_to is not None else dummy,
-        affine_to if affine_to is not None else dummy,
-        weight if weight is not None else dummy, bias if bias is not None else dummy,
-        P * Q, Q, eps, affine_eps, *strides,
+        *pointers, P * Q, Q, eps, affine_eps, *strides,
         C=C, BLOCK_C=_next_pow2(C), ROWS=ROWS,
         HAS_Y=y is not None, WRITE_SUM=sum_to is not None, WRITE_NORM=norm_to is not None,
         WRITE_AFFINE=affine_to is not None,
