@@ -27,8 +27,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from gpu import CASES, MODEL_SIZE, moving_texture, resize_uint8  # noqa: E402
 
 
-def tune_correlation(n: int = 130, T: int = 82) -> list[dict]:
-    """Fused kernel time (ms) per launch configuration, bf16, one chunk of points."""
+def tune_correlation(n: int = 336, T: int = 82) -> list[dict]:
+    """Fused kernel time (ms) per kernel variant and launch configuration, bf16, one chunk
+    of points (336 x 82: an offline chunk on GPU; 1724 x 16: an online one)."""
     from triton.testing import do_bench
 
     from pointtrack.models import corr_triton
@@ -38,12 +39,15 @@ def tune_correlation(n: int = 130, T: int = 82) -> list[dict]:
     support = [torch.randn(n, 49, 128, device="cuda").bfloat16() for _ in range(4)]
     xy = torch.rand(n, T, 2, device="cuda") * torch.tensor([128.0, 96.0], device="cuda")
     rows = []
-    for block_t, warps in ((1, 4), (2, 4), (4, 4), (8, 4), (4, 8), (8, 8), (16, 8)):
-        def call(block_t=block_t, warps=warps):
+    configs = ([("v1", 1, 4)] + [("v2", b, w) for b in (1, 2) for w in (4, 8)]
+               + [("v3", b, w) for b in (1, 2, 4) for w in (4, 8)])
+    for variant, block_t, warps in configs:
+        def call(variant=variant, block_t=block_t, warps=warps):
             return corr_triton.correlate_volumes(pyramid, xy, support, block_t=block_t,
-                                                 num_warps=warps)
+                                                 num_warps=warps, variant=variant)
         ms = do_bench(call, return_mode="median")
-        rows.append({"block_t": block_t, "num_warps": warps, "ms": ms})
+        rows.append({"n": n, "T": T, "variant": variant, "block_t": block_t,
+                     "num_warps": warps, "ms": ms, "ns_per_row": ms * 1e6 / (n * T * 4)})
         print(rows[-1], flush=True)
     return rows
 
@@ -149,6 +153,95 @@ def top_kernels(case: dict, precision: str, rows: int = 25) -> str:
     ])
 
 
+def _tracker(case: dict, precision: str):
+    from pointtrack.models.weights import synthetic_state_dict
+    from pointtrack.trackers import load_tracker
+    from pointtrack.video import Clip
+
+    shapes = json.loads((ROOT / f"tests/data/parity/{case['mode']}_shapes.json").read_text())
+    tracker = load_tracker(f"cotracker3-{case['mode']}", checkpoint=synthetic_state_dict(shapes),
+                           device="cuda", precision=precision)
+    frames = resize_uint8(moving_texture(case["frames"], case["size"]), MODEL_SIZE)
+    clip = Clip(frames, np.arange(len(frames)), 30.0, case["size"])
+    return tracker, lambda: tracker.track(clip, grid_size=case["grid"])
+
+
+def timeline(case: dict, precision: str, out: Path | None = None) -> str:
+    """When the CPU queued each phase of one warm call and when the GPU ran it (CUDA events,
+    no syncs added): a phase whose GPU start follows its CPU start closely waited on the CPU.
+    With ``out``, also a cProfile of the call (``out``.cprofile.txt) and a Chrome trace of
+    it (``out``.trace.json.gz)."""
+    import cProfile
+    import gzip
+    import io
+    import pstats
+
+    tracker, run = _tracker(case, precision)
+    model = tracker.model
+    run()
+    torch.cuda.synchronize()
+    marks = []
+
+    def wrap(obj, name):
+        fn = getattr(obj, name)
+
+        def wrapper(*a, **k):
+            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            e0.record()
+            c0 = time.perf_counter()
+            result = fn(*a, **k)
+            e1.record()
+            marks.append((name, c0, time.perf_counter(), e0, e1))
+            return result
+        setattr(obj, name, wrapper)
+        return fn
+
+    names = [(tracker, "_frames_to_model"), (model, "encode"), (model, "query_features"),
+             (model, "iteration"), (model, "correlate"), (model.updateformer, "run"),
+             (tracker, "_numpy"), (tracker, "_to_tracks"), (model, "refine"), (model, "track")]
+    originals = [wrap(o, n) for o, n in names]
+    start = torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    t0 = time.perf_counter()
+    run()
+    torch.cuda.synchronize()
+    total = time.perf_counter() - t0
+    for (o, n), fn in zip(names, originals, strict=True):
+        setattr(o, n, fn)
+    lines = [f"{case['mode']} {case}: call {total * 1e3:.1f} ms",
+             f"{'phase':18s} {'cpu start':>9s} {'cpu end':>9s} {'gpu start':>9s} {'gpu end':>9s}"]
+    for name, c0, c1, e0, e1 in sorted(marks, key=lambda m: m[1]):
+        try:
+            gpu = f"{start.elapsed_time(e0):9.2f} {start.elapsed_time(e1):9.2f}"
+        except RuntimeError:  # recorded while a CUDA graph was being captured
+            gpu = "(captured)"
+        lines.append(f"{name:18s} {(c0 - t0) * 1e3:9.2f} {(c1 - t0) * 1e3:9.2f} {gpu}")
+    if out is not None:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        run()
+        torch.cuda.synchronize()
+        profiler.disable()
+        text = io.StringIO()
+        stats = pstats.Stats(profiler, stream=text)
+        stats.sort_stats("tottime").print_stats(45)
+        stats.sort_stats("cumulative").print_stats(45)
+        Path(f"{out}.cprofile.txt").write_text(text.getvalue())
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            run()
+            torch.cuda.synchronize()
+        trace = Path(f"{out}.trace.json")
+        prof.export_chrome_trace(str(trace))
+        with open(trace, "rb") as f, gzip.open(f"{trace}.gz", "wb") as g:
+            g.write(f.read())
+        trace.unlink()
+        lines.append(gpu_busy(prof))
+    return "\n".join(lines)
+
+
 def gpu_busy(prof) -> str:
     """How much of the profiled span the GPU was running kernels (the union of their
     intervals): far under 100% means the CPU does not launch work fast enough."""
@@ -174,6 +267,8 @@ def main() -> int:
     p.add_argument("--variants", default="fused-eager,fused-graphs",
                    help="comma-separated from torch-eager, fused-eager, fused-graphs")
     p.add_argument("--frames", type=int, help="override the cases' frame count (shorter runs)")
+    p.add_argument("--timeline", type=Path,
+                   help="CPU and GPU time of each phase of one call; cProfile and trace here")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     if args.frames:
@@ -181,9 +276,13 @@ def main() -> int:
             case["frames"] = args.frames
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     if args.tune:
-        report["tune"] = tune_correlation()
-        report["encoder"] = encoder_variants()
-    for case_name in args.case.split(","):
+        report["tune"] = tune_correlation() + tune_correlation(1724, 16)
+    if args.timeline:
+        for case_name in args.case.split(","):
+            text = timeline(CASES[case_name], args.precision, args.timeline / case_name)
+            print(text, flush=True)
+            report[f"timeline-{case_name}"] = text
+    for case_name in args.case.split(",") if args.variants else []:
         case = CASES[case_name]
         for variant in args.variants.split(","):
             # e.g. "fused-eager" or "fused-graphs+token_budget=131072" (config overrides)

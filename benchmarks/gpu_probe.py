@@ -119,13 +119,72 @@ def virtual_attention(report: dict) -> None:
     print(report, flush=True)
 
 
+def attention_backends(report: dict) -> None:
+    """Each SDPA backend on the transformer's attention shapes (bf16, 8 heads of 48): time
+    attention over 16 frames (online) and 82 (offline), points reading 64 virtual tracks and
+    virtual tracks reading 40,064 points (online grid 200, one frame)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    shapes = {"time16": (4096, 16, 16), "time82": (799, 82, 82),
+              "p2v": (1, 40064, 64), "v2p": (16, 64, 40064)}
+    backends = {"default": None, "cudnn": SDPBackend.CUDNN_ATTENTION,
+                "flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                "math": SDPBackend.MATH}
+    out = {}
+    for name, (B, L, S) in shapes.items():
+        q = torch.randn(B, L, 8, 48, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+        k = torch.randn(B, S, 8, 48, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+        v = torch.randn_like(k)
+        for backend_name, backend in backends.items():
+            def call(q=q, k=k, v=v):
+                return F.scaled_dot_product_attention(q, k, v)
+            try:
+                if backend is None:
+                    ms = bench(call)
+                else:
+                    with sdpa_kernel([backend]):
+                        ms = bench(call)
+            except RuntimeError as e:
+                ms = f"failed: {str(e)[:80]}"
+            out[f"{name}-{backend_name}"] = ms
+            print(name, backend_name, ms, flush=True)
+    report["attention_backends"] = out
+
+
+def host_copies(report: dict) -> None:
+    """Ways to get 8 frames of 384x512 uint8 (4.7 MB) from NumPy onto the GPU (ms, host
+    wall time): pin_memory per chunk, a copy into a kept pinned buffer, a pageable copy."""
+    import numpy as np
+
+    frames = np.random.default_rng(0).integers(0, 255, (82, 384, 512, 3), dtype=np.uint8)
+    kept = torch.empty(8 * 384 * 512 * 3, dtype=torch.uint8, pin_memory=True)
+    ways = {
+        "pin_memory": lambda i: torch.from_numpy(frames[i : i + 8]).pin_memory(),
+        "copy_into_kept_pinned": lambda i: np.copyto(kept.view(8, 384, 512, 3).numpy(),
+                                                     frames[i : i + 8]),
+        "pageable_to_cuda": lambda i: torch.from_numpy(frames[i : i + 8]).cuda(),
+    }
+    out = {}
+    for name, fn in ways.items():
+        fn(0)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for i in range(0, 80, 8):
+            fn(i)
+        torch.cuda.synchronize()
+        out[name] = (time.perf_counter() - t) * 1e3 / 10
+        print("host copy", name, out[name], flush=True)
+    report["host_copies_ms_per_chunk"] = out
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--out", type=Path)
     p.add_argument("--parts", default="attention,block,encoder")
     args = p.parse_args()
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
-    parts = {"encoder": encoder, "block": transformer_block, "attention": virtual_attention}
+    parts = {"encoder": encoder, "block": transformer_block, "attention": virtual_attention,
+             "backends": attention_backends, "copies": host_copies}
     for name in args.parts.split(","):
         try:
             parts[name](report)

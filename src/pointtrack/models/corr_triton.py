@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 ENABLED = os.environ.get("POINTTRACK_TRITON", "1") != "0"  # POINTTRACK_TRITON=0: PyTorch path
+VARIANT = os.environ.get("POINTTRACK_CORR_VARIANT", "v2")  # experiment switch
 ROW = 2432  # a volume row padded to a multiple of 64 elements: aligned, fast GEMM operands
 
 
@@ -38,7 +39,8 @@ def _triton_installed() -> bool:  # asked once per chunk of points: look it up o
 
 
 def correlate_volumes(pyramid: list[Tensor], xy: Tensor, support: list[Tensor],
-                      radius: int = 3, block_t: int = 1, num_warps: int = 4) -> Tensor:
+                      radius: int = 3, block_t: int = 1, num_warps: int = 4,
+                      variant: str | None = None) -> Tensor:
     """Correlation volumes ``(n, T, 4, 2432)`` (the first 2401 of each row used, the rest
     zero) of tracks at ``xy (n, T, 2)`` (level-0 feature pixels) against query patches
     ``support[l] (n, 49, C)``, on the 4 pyramid levels ``(T, H >> l, W >> l, C)`` (channels
@@ -54,12 +56,14 @@ def correlate_volumes(pyramid: list[Tensor], xy: Tensor, support: list[Tensor],
     out = torch.empty(n, T, 4, ROW, device=xy.device, dtype=dtype)
     if n == 0 or T == 0:
         return out
-    from ._corr_kernel import _correlate_kernel
+    from . import _corr_kernel
 
+    kernel = {"v1": _corr_kernel._correlate_kernel, "v2": _corr_kernel._correlate_kernel_v2,
+              "v3": _corr_kernel._correlate_kernel_v3}[variant or VARIANT]
     xy = xy.float().contiguous()
     fmaps = [f.contiguous() for f in pyramid]
     queries = [q.to(dtype).contiguous() for q in support]
-    _correlate_kernel[(n, -(-T // block_t), 4)](
+    kernel[(n, -(-T // block_t), 4)](
         *fmaps, *queries, xy, out,
         T, H, W,
         xy.stride(0),

@@ -25,7 +25,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -55,6 +56,35 @@ def pick_device(device: str | torch.device) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' asked for, but CUDA is not available here")
     return device
+
+
+class _Staging:
+    """Two pinned host buffers that frames pass through on their way to the GPU, filled by
+    a worker thread (NumPy's copy releases the GIL) while the main thread queues GPU work."""
+
+    def __init__(self) -> None:
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="pointtrack-upload")
+        self.buffers: list[torch.Tensor | None] = [None, None]
+        self.copied = [torch.cuda.Event(), torch.cuda.Event()]  # last upload from each
+
+    def stage(self, frames: np.ndarray | list[np.ndarray], k: int) -> Future:
+        return self.pool.submit(self._fill, frames, k % 2)
+
+    def _fill(self, frames: np.ndarray | list[np.ndarray], slot: int) -> torch.Tensor:
+        self.copied[slot].synchronize()  # the GPU has read what this buffer held
+        shape = (len(frames), *frames[0].shape)
+        size = math.prod(shape)
+        buffer = self.buffers[slot]
+        if buffer is None or buffer.numel() < size:
+            buffer = self.buffers[slot] = torch.empty(size, dtype=torch.uint8, pin_memory=True)
+        view = buffer[:size].view(shape)
+        np.stack(frames, out=view.numpy())  # a list of frames is gathered in the same copy
+        return view
+
+    def upload(self, buffer: torch.Tensor, k: int, device: torch.device) -> torch.Tensor:
+        x = buffer.to(device, non_blocking=True)
+        self.copied[k % 2].record()
+        return x
 
 
 class _Geometry:
@@ -108,6 +138,7 @@ class _CoTracker3Engine(Tracker):
         self.compile = bool(compile)
         self.progress = progress
         self._model = None
+        self._staging: _Staging | None = None
 
     @property
     def model(self):
@@ -164,13 +195,38 @@ class _CoTracker3Engine(Tracker):
         G = max(1, math.ceil(n / per_call))
         return [np.arange(g, n, G) for g in range(G)]
 
-    def _frames_to_model(self, frames: np.ndarray) -> torch.Tensor:
-        """uint8 ``(T, h, w, 3)`` -> float ``(1, T, 3, 384, 512)`` in 0..255 on the device."""
-        x = torch.from_numpy(np.ascontiguousarray(frames))
-        if self.device.type == "cuda":  # pinned: the copy runs while the CPU queues more work
-            x = x.pin_memory().to(self.device, non_blocking=True)
-        else:
-            x = x.to(self.device)
+    def _frames_to_model(self, frames: np.ndarray | list[np.ndarray]) -> torch.Tensor:
+        """uint8 ``(T, h, w, 3)`` (array or list of frames) -> float ``(1, T, 3, 384, 512)``
+        in 0..255 on the device."""
+        return self._to_model(next(iter(self._uploads(frames, len(frames)))))
+
+    def _uploads(self, frames: np.ndarray | list[np.ndarray], step: int
+                 ) -> Iterator[torch.Tensor]:
+        """uint8 ``(n, h, w, 3)`` tensors on the device, ``step`` frames at a time.
+
+        On CUDA a worker thread copies the next chunk into one of two pinned buffers (kept
+        for later calls) while the GPU works on this one: a host copy of frames runs at a
+        few GB/s, and pinning a fresh buffer per chunk cost a 480p clip 30 ms of GPU idling.
+        """
+        starts = range(0, len(frames), step)
+        if self.device.type != "cuda":
+            for i in starts:
+                part = frames[i : i + step]
+                part = np.ascontiguousarray(part) if isinstance(part, np.ndarray) else np.stack(part)
+                yield torch.from_numpy(part).to(self.device)
+            return
+        if self._staging is None:
+            self._staging = _Staging()
+        staging = self._staging
+        pending = staging.stage(frames[:step], 0)
+        for k, i in enumerate(starts):
+            buffer = pending.result()
+            if k + 1 < len(starts):
+                pending = staging.stage(frames[i + step : i + 2 * step], k + 1)
+            yield staging.upload(buffer, k, self.device)
+
+    def _to_model(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(T, h, w, 3)`` on the device -> float ``(1, T, 3, 384, 512)``."""
         x = x.permute(0, 3, 1, 2).float()
         if (x.shape[-1], x.shape[-2]) != MODEL_SIZE:
             x = F.interpolate(x, MODEL_SIZE[::-1], mode="bilinear", align_corners=True)
@@ -191,7 +247,11 @@ class _CoTracker3Engine(Tracker):
     def _to_tracks(self, clip: Clip, queries: np.ndarray, xy, vis, conf) -> Tracks:
         """Model-pixel results ``(T, N, ...)`` -> source-pixel `Tracks`."""
         geo = _Geometry(clip.size)
-        xy_src = clip.to_source_pixels(xy * geo.to_frame).astype(np.float32)
+        # One affine map in float32 (the pixel-centre convention of `Clip.to_source_pixels`):
+        # the arrays are T x N, and float64 temporaries cost a dense grid milliseconds.
+        scale = np.asarray(clip.scale, np.float64)
+        xy_src = xy * (geo.to_frame * scale).astype(np.float32)
+        xy_src += (0.5 * scale - 0.5).astype(np.float32)
         q_src = queries.astype(np.float64).copy()
         q_src[:, 1:] = clip.to_source_pixels(queries[:, 1:] * geo.to_frame)
         visible = self._visible(vis, conf)
@@ -311,14 +371,14 @@ class CoTracker3OfflineTracker(_CoTracker3Engine):
     def _run_offline(self, frames, queries, groups, support, backward):
         model = self.model
         T, N = len(frames), len(queries)
-        chunk = model.cfg.encoder_chunk
-        levels = [model.encode(self._frames_to_model(frames[i : i + chunk]))
-                  for i in range(0, T, chunk)]
+        levels = [model.encode(self._to_model(x))
+                  for x in self._uploads(frames, model.cfg.encoder_chunk)]
         pyramid = [torch.cat(level, dim=1) for level in zip(*levels, strict=True)]
         reversed_pyramid = [p.flip(1) for p in pyramid] if backward else None
-        xy = np.zeros((T, N, 2), np.float32)
-        vis = np.zeros((T, N), np.float32)
-        conf = np.zeros((T, N), np.float32)
+        if len(groups) > 1:
+            xy = np.zeros((T, N, 2), np.float32)
+            vis = np.zeros((T, N), np.float32)
+            conf = np.zeros((T, N), np.float32)
         for idx in groups:
             q = queries[idx]
             if support:
@@ -331,6 +391,8 @@ class CoTracker3OfflineTracker(_CoTracker3Engine):
                 rev = self._numpy(model.track(reversed_pyramid, qt_rev, self.iters))
                 out = _merge_backward(out, tuple(r[::-1] for r in rev), q[:, 0])
             n = len(idx)
+            if len(groups) == 1:  # all queries in order: no scatter
+                return tuple(o[:, :n] for o in out)
             xy[:, idx], vis[:, idx], conf[:, idx] = (o[:, :n] for o in out)
         return xy, vis, conf
 
@@ -433,7 +495,7 @@ class _Windows:
     def _run_window(self, length: int) -> None:
         # Features are per frame: reuse those of the frames shared with the previous window.
         known = 0 if self.overlap is None else self.overlap[0].shape[1]
-        frames = self.engine._frames_to_model(np.stack(self.buffer[known:length]))
+        frames = self.engine._frames_to_model(self.buffer[known:length])
         with self.engine.autocast():
             new = self.model.encode(frames)
         if self.overlap is not None:
