@@ -212,7 +212,7 @@ class _CoTracker3Engine(Tracker):
         if self.device.type != "cuda":
             for i in starts:
                 part = frames[i : i + step]
-                part = np.ascontiguousarray(part) if isinstance(part, np.ndarray) else np.stack(part)
+                part = np.stack(part) if isinstance(part, list) else np.ascontiguousarray(part)
                 yield torch.from_numpy(part).to(self.device)
             return
         if self._staging is None:
