@@ -28,7 +28,7 @@ from gpu import CASES, MODEL_SIZE, moving_texture, resize_uint8  # noqa: E402
 
 
 def tune_correlation(n: int = 336, T: int = 82) -> list[dict]:
-    """Fused kernel time (ms) per kernel variant and launch configuration, bf16, one chunk
+    """Fused kernel time (ms) per launch configuration, bf16, one chunk
     of points (336 x 82: an offline chunk on GPU; 1724 x 16: an online one)."""
     from triton.testing import do_bench
 
@@ -39,14 +39,12 @@ def tune_correlation(n: int = 336, T: int = 82) -> list[dict]:
     support = [torch.randn(n, 49, 128, device="cuda").bfloat16() for _ in range(4)]
     xy = torch.rand(n, T, 2, device="cuda") * torch.tensor([128.0, 96.0], device="cuda")
     rows = []
-    configs = ([("v1", 1, 4)] + [("v2", b, w) for b in (1, 2) for w in (4, 8)]
-               + [("v3", b, w) for b in (1, 2, 4) for w in (4, 8)])
-    for variant, block_t, warps in configs:
-        def call(variant=variant, block_t=block_t, warps=warps):
+    for block_t, warps in ((1, 4), (2, 4), (4, 4), (2, 8)):
+        def call(block_t=block_t, warps=warps):
             return corr_triton.correlate_volumes(pyramid, xy, support, block_t=block_t,
-                                                 num_warps=warps, variant=variant)
+                                                 num_warps=warps)
         ms = do_bench(call, return_mode="median")
-        rows.append({"n": n, "T": T, "variant": variant, "block_t": block_t,
+        rows.append({"n": n, "T": T, "block_t": block_t,
                      "num_warps": warps, "ms": ms, "ns_per_row": ms * 1e6 / (n * T * 4)})
         print(rows[-1], flush=True)
     return rows

@@ -148,6 +148,15 @@ def attention_backends(report: dict) -> None:
                 ms = f"failed: {str(e)[:80]}"
             out[f"{name}-{backend_name}"] = ms
             print(name, backend_name, ms, flush=True)
+        if L <= 32 and L == S:
+            from pointtrack.models.attention import short_attention
+
+            q2, kv2 = q.transpose(1, 2).reshape(B, L, 384), torch.cat([k, v], 1).transpose(
+                1, 2).reshape(B, L, 768)
+            for warps in (4, 8):
+                ms = bench(lambda w=warps, a=q2, b=kv2: short_attention(a, b, 8, 48, num_warps=w))
+                out[f"{name}-triton-w{warps}"] = ms
+                print(name, "triton", warps, ms, flush=True)
     report["attention_backends"] = out
 
 

@@ -171,3 +171,23 @@ def test_compiled_encoder_is_as_close_to_fp32_as_eager_bf16():
         err_c = float((c.float() - r).norm() / r.norm())
         err_e = float((e.float() - r).norm() / r.norm())
         assert err_c < max(1.5 * err_e, 1e-2), (err_c, err_e)
+
+
+@pytest.mark.parametrize("L", [1, 7, 16, 32])
+def test_short_attention_matches_sdpa(L):
+    from pointtrack.models.attention import short_attention
+
+    g = torch.Generator(device="cuda").manual_seed(L)
+    B = 37  # not a multiple of the sequences per program
+    q = torch.randn(B, L, 384, device="cuda", generator=g).bfloat16()
+    kv = torch.randn(B, L, 768, device="cuda", generator=g).bfloat16()
+    out = short_attention(q, kv, 8, 48)
+
+    def heads(t):
+        return t.float().reshape(B, L, 8, 48).transpose(1, 2)
+
+    ref = F.scaled_dot_product_attention(heads(q), heads(kv[..., :384]), heads(kv[..., 384:]))
+    ref = ref.transpose(1, 2).reshape(B, L, 384)
+    assert out.shape == (B, L, 384) and out.dtype == torch.bfloat16
+    assert float((out.float() - ref).abs().max()) < 3e-2
+    assert float((out.float() - ref).norm() / ref.norm()) < 1e-2

@@ -3,10 +3,10 @@
 `CoTracker3.correlate` in PyTorch gathers an 8x8 window of features around every track
 position, correlates it with the query patch and blends the result bilinearly: three passes
 over tensors of ``points x frames x 64 x 128`` that exist only to be read once. Here one
-program per (point, frame, level) keeps all of it on chip: it loads the window straight
-from the feature map, blends it to the 7x7 patch with a small matrix product (the bilinear
-weights laid out as a 49x64 matrix), correlates the patch with the query patch (a second
-product) and writes only the 49x49 volume, as a row of the correlation MLP's input.
+program per point, level and two frames keeps all of it on chip: it reads the query patch
+once, loads each patch position's four bilinear neighbours straight from the feature map
+(they share cache lines), blends them in fp32, correlates the patch with the query patch in
+one matrix product and writes only the 49x49 volume, as a row of the correlation MLP's input.
 
 The arithmetic is the same as the PyTorch path (border pixels repeat, x varies slowest in
 both patches); products accumulate in fp32. Used on CUDA when Triton is installed (it comes
@@ -24,7 +24,6 @@ import torch
 from torch import Tensor
 
 ENABLED = os.environ.get("POINTTRACK_TRITON", "1") != "0"  # POINTTRACK_TRITON=0: PyTorch path
-VARIANT = os.environ.get("POINTTRACK_CORR_VARIANT", "v2")  # experiment switch
 ROW = 2432  # a volume row padded to a multiple of 64 elements: aligned, fast GEMM operands
 
 
@@ -39,8 +38,7 @@ def _triton_installed() -> bool:  # asked once per chunk of points: look it up o
 
 
 def correlate_volumes(pyramid: list[Tensor], xy: Tensor, support: list[Tensor],
-                      radius: int = 3, block_t: int = 1, num_warps: int = 4,
-                      variant: str | None = None) -> Tensor:
+                      radius: int = 3, block_t: int = 2, num_warps: int = 4) -> Tensor:
     """Correlation volumes ``(n, T, 4, 2432)`` (the first 2401 of each row used, the rest
     zero) of tracks at ``xy (n, T, 2)`` (level-0 feature pixels) against query patches
     ``support[l] (n, 49, C)``, on the 4 pyramid levels ``(T, H >> l, W >> l, C)`` (channels
@@ -56,14 +54,11 @@ def correlate_volumes(pyramid: list[Tensor], xy: Tensor, support: list[Tensor],
     out = torch.empty(n, T, 4, ROW, device=xy.device, dtype=dtype)
     if n == 0 or T == 0:
         return out
-    from . import _corr_kernel
-
-    kernel = {"v1": _corr_kernel._correlate_kernel, "v2": _corr_kernel._correlate_kernel_v2,
-              "v3": _corr_kernel._correlate_kernel_v3}[variant or VARIANT]
+    from ._corr_kernel import _correlate_kernel
     xy = xy.float().contiguous()
     fmaps = [f.contiguous() for f in pyramid]
     queries = [q.to(dtype).contiguous() for q in support]
-    kernel[(n, -(-T // block_t), 4)](
+    _correlate_kernel[(n, -(-T // block_t), 4)](
         *fmaps, *queries, xy, out,
         T, H, W,
         xy.stride(0),

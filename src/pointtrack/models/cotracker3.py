@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import corr_triton
+from . import attention, corr_triton
 from .add_norm import add_norm
 
 
@@ -242,13 +242,19 @@ class Attention(nn.Module):
         self.to_out = nn.Linear(inner, dim)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        context = x if context is None else context
         B, N, _ = x.shape
+        q = self.to_q(x)
+        if (context is None and N <= attention.MAX_LEN and q.dtype != torch.float32
+                and corr_triton.available(q)):
+            # Short sequences (a track's frames in an online window): one packed kernel.
+            return self.to_out(attention.short_attention(q, self.to_kv(x), self.num_heads,
+                                                         self.head_dim))
+        context = x if context is None else context
 
         def heads(t: Tensor) -> Tensor:
             return t.reshape(B, t.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
 
-        q = heads(self.to_q(x))
+        q = heads(q)
         k, v = (heads(t) for t in self.to_kv(context).chunk(2, dim=-1))
         out = F.scaled_dot_product_attention(q, k, v)
         return self.to_out(out.transpose(1, 2).reshape(B, N, -1))
