@@ -12,11 +12,22 @@ kept (the rest is masked before the softmax). Used on CUDA with Triton in bf16/f
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 from torch import Tensor
 
+from . import corr_triton
+
 MAX_LEN = 32  # longest sequence this kernel takes (longer ones go to SDPA)
+ENABLED = os.environ.get("POINTTRACK_SHORT_ATTENTION", "1") != "0"
+
+
+def available(q: Tensor) -> bool:
+    """Whether `short_attention` runs for queries ``q (B, L, inner)``: CUDA with Triton, a
+    reduced-precision dtype (fp32 keeps PyTorch's SDPA, the parity path) and L <= MAX_LEN."""
+    return (ENABLED and q.shape[1] <= MAX_LEN and q.dtype != torch.float32
+            and corr_triton.available(q))
 
 
 def short_attention(q: Tensor, kv: Tensor, heads: int, head_dim: int,

@@ -244,8 +244,7 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         B, N, _ = x.shape
         q = self.to_q(x)
-        if (context is None and N <= attention.MAX_LEN and q.dtype != torch.float32
-                and corr_triton.available(q)):
+        if context is None and attention.available(q):
             # Short sequences (a track's frames in an online window): one packed kernel.
             return self.to_out(attention.short_attention(q, self.to_kv(x), self.num_heads,
                                                          self.head_dim))
