@@ -158,6 +158,11 @@ class _CoTracker3Engine(Tracker):
                 # Fewer, larger correlation chunks: each costs the CPU as much to launch as a
                 # small one, and the volumes live only while the tokens are built.
                 self._model.cfg.corr_budget = 2**28
+                if dtype != torch.float32:
+                    # The compiled encoder costs the CPU as much to launch as the GPU to run
+                    # at 8 frames: 16 per call leave the GPU the slower side (fp32 runs
+                    # eagerly and is GPU-bound at 8).
+                    self._model.cfg.encoder_chunk = 16
             self.checkpoint = None  # the weights live in the model now
         return self._model
 
