@@ -104,6 +104,7 @@ class _CoTracker3Engine(Tracker):
     input_size = MODEL_SIZE
     default_checkpoint = ""
     model_class: type = CoTracker3Offline
+    gpu_encoder_chunk = 8  # frames per compiled encoder call (bf16 on GPU)
 
     def __init__(
         self,
@@ -159,10 +160,7 @@ class _CoTracker3Engine(Tracker):
                 # small one, and the volumes live only while the tokens are built.
                 self._model.cfg.corr_budget = 2**28
                 if dtype != torch.float32:
-                    # The compiled encoder costs the CPU as much to launch as the GPU to run
-                    # at 8 frames: 16 per call leave the GPU the slower side (fp32 runs
-                    # eagerly and is GPU-bound at 8).
-                    self._model.cfg.encoder_chunk = 16
+                    self._model.cfg.encoder_chunk = self.gpu_encoder_chunk
             self.checkpoint = None  # the weights live in the model now
         return self._model
 
@@ -364,6 +362,9 @@ class CoTracker3OfflineTracker(_CoTracker3Engine):
     default_checkpoint = "scaled_offline"
     model_class = CoTracker3Offline
     overwrite_query_frames = True
+    # The compiled encoder costs the CPU as much to launch as the GPU to run at 8 frames: 16
+    # per call leave the GPU the slower side. (Online windows bring 8 new frames.)
+    gpu_encoder_chunk = 16
 
     def _visible(self, vis, conf):
         return vis > 0.9
