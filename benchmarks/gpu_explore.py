@@ -3,8 +3,9 @@
 Run on a GPU machine; prints (1) a phase breakdown (encoder, correlation, transformer) of a
 case with synchronised timers, per variant (PyTorch or fused correlation, with or without the
 online CUDA graph, config overrides), (2) with --profile the top kernels of one call, (3) with
---tune kernel launch shapes and the encoder's time. The correctness of the GPU paths is
-checked by tests/test_gpu.py. Notes on each run go in benchmarks/NOTES.md.
+--tune the correlation kernel's launch shapes, (4) with --timeline when the CPU queued and the
+GPU ran each phase of one call (plus a cProfile and a Chrome trace). The correctness of the
+GPU paths is checked by tests/test_gpu.py. Notes on each run go in benchmarks/NOTES.md.
 
     python benchmarks/gpu_explore.py --case offline-480p-82f-grid50 --precision bf16
 """
@@ -48,21 +49,6 @@ def tune_correlation(n: int = 336, T: int = 82) -> list[dict]:
                      "num_warps": warps, "ms": ms, "ns_per_row": ms * 1e6 / (n * T * 4)})
         print(rows[-1], flush=True)
     return rows
-
-
-def encoder_variants(T: int = 82) -> dict:
-    """Encoder time (ms) for 82 frames (`CoTracker3.encode`, chunks of 8), bf16."""
-    from triton.testing import do_bench
-
-    from pointtrack.models.cotracker3 import CoTracker3Offline
-
-    video = torch.randint(0, 255, (1, T, 3, 384, 512), device="cuda").float()
-    model = CoTracker3Offline().cuda().bfloat16().eval()
-    out = {}
-    with torch.inference_mode():
-        out["encode_ms"] = do_bench(lambda: model.encode(video), return_mode="median")
-    print(out, flush=True)
-    return out
 
 
 def breakdown(case: dict, precision: str, graphs: bool, fused: bool = True,
@@ -261,7 +247,7 @@ def main() -> int:
     p.add_argument("--case", default="offline-480p-82f-grid50")
     p.add_argument("--precision", default="bf16")
     p.add_argument("--profile", action="store_true")
-    p.add_argument("--tune", action="store_true", help="kernel launch and encoder variants")
+    p.add_argument("--tune", action="store_true", help="correlation kernel launch shapes")
     p.add_argument("--variants", default="fused-eager,fused-graphs",
                    help="comma-separated from torch-eager, fused-eager, fused-graphs")
     p.add_argument("--frames", type=int, help="override the cases' frame count (shorter runs)")
