@@ -201,7 +201,7 @@ class _CoTracker3Engine(Tracker):
     def _frames_to_model(self, frames: np.ndarray | list[np.ndarray]) -> torch.Tensor:
         """uint8 ``(T, h, w, 3)`` (array or list of frames) -> float ``(1, T, 3, 384, 512)``
         in 0..255 on the device."""
-        return self._to_model(next(iter(self._uploads(frames, len(frames)))))
+        return self._to_model(next(iter(self._uploads(frames, max(1, len(frames))))))
 
     def _uploads(self, frames: np.ndarray | list[np.ndarray], step: int
                  ) -> Iterator[torch.Tensor]:
