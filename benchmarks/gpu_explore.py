@@ -55,21 +55,13 @@ def breakdown(case: dict, precision: str, graphs: bool, fused: bool = True,
               options: dict | None = None) -> dict:
     """Synchronised time per phase of one tracker call (timers add syncs: a rough split)."""
     from pointtrack.models import corr_triton
-    from pointtrack.models.weights import synthetic_state_dict
-    from pointtrack.trackers import load_tracker
-    from pointtrack.video import Clip
 
     corr_triton.ENABLED = fused
-    shapes = json.loads((ROOT / f"tests/data/parity/{case['mode']}_shapes.json").read_text())
-    sd = synthetic_state_dict(shapes, seed=0)
-    tracker = load_tracker(f"cotracker3-{case['mode']}", checkpoint=sd, device="cuda",
-                           precision=precision)
+    tracker, run = _tracker(case, precision)
     model = tracker.model
     model.cfg.cuda_graphs = graphs
     for key, value in (options or {}).items():
         setattr(model.cfg, key, value)
-    frames = resize_uint8(moving_texture(case["frames"], case["size"]), MODEL_SIZE)
-    clip = Clip(frames, np.arange(len(frames)), 30.0, case["size"])
     totals: dict[str, float] = {}
 
     def timed(name, fn):
@@ -81,9 +73,6 @@ def breakdown(case: dict, precision: str, graphs: bool, fused: bool = True,
             totals[name] = totals.get(name, 0.0) + time.perf_counter() - t
             return out
         return wrapper
-
-    def run():
-        return tracker.track(clip, grid_size=case["grid"])
 
     run()  # warm-up
     torch.cuda.synchronize()
@@ -114,20 +103,12 @@ def breakdown(case: dict, precision: str, graphs: bool, fused: bool = True,
 def top_kernels(case: dict, precision: str, rows: int = 25) -> str:
     from torch.profiler import ProfilerActivity, profile
 
-    from pointtrack.models.weights import synthetic_state_dict
-    from pointtrack.trackers import load_tracker
-    from pointtrack.video import Clip
-
-    shapes = json.loads((ROOT / f"tests/data/parity/{case['mode']}_shapes.json").read_text())
-    tracker = load_tracker(f"cotracker3-{case['mode']}", checkpoint=synthetic_state_dict(shapes),
-                           device="cuda", precision=precision)
+    tracker, run = _tracker(case, precision)
     tracker.model.cfg.cuda_graphs = False
-    frames = resize_uint8(moving_texture(case["frames"], case["size"]), MODEL_SIZE)
-    clip = Clip(frames, np.arange(len(frames)), 30.0, case["size"])
-    tracker.track(clip, grid_size=case["grid"])
+    run()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        tracker.track(clip, grid_size=case["grid"])
+        run()
         torch.cuda.synchronize()
     averages = prof.key_averages()
     return "\n".join([

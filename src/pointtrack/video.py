@@ -75,8 +75,14 @@ class Clip:
     def to_frame_pixels(self, xy: np.ndarray) -> np.ndarray:
         return (np.asarray(xy, dtype=np.float64) + 0.5) / self.scale - 0.5
 
-    def to_source_pixels(self, xy: np.ndarray) -> np.ndarray:
-        return (np.asarray(xy, dtype=np.float64) + 0.5) * self.scale - 0.5
+    def to_source_pixels(self, xy: np.ndarray, dtype: type = np.float64) -> np.ndarray:
+        """``xy (..., 2)`` frame pixels -> a new ``dtype`` array of source pixels (float32
+        for dense tracks: the same passes at half the memory traffic)."""
+        out = np.array(xy, dtype=dtype)  # a copy, updated in place
+        out += 0.5
+        out *= self.scale.astype(dtype)
+        out -= 0.5
+        return out
 
 
 def _open(path: str | os.PathLike) -> av.container.InputContainer:

@@ -361,9 +361,8 @@ class UpdateFormer(nn.Module):
                 for n0 in range(0, N, tracks_per_chunk):
                     n = slice(n0, min(N, n0 + tracks_per_chunk))
                     x = points[b, n]  # (n, T, C): attention along each track's frames
-                    h = torch.empty_like(x)
-                    add_norm(x, norm_to=h)
-                    self._residual_mlp(time, x, time.attn(h), sum_to=frame_major(points_t, b, n),
+                    attended = time.attn(self._normed(x))
+                    self._residual_mlp(time, x, attended, sum_to=frame_major(points_t, b, n),
                                        affine_to=frame_major(context_t, b, n),
                                        weight=v2p.norm_context.weight, bias=v2p.norm_context.bias,
                                        affine_eps=v2p.norm_context.eps)
@@ -377,9 +376,8 @@ class UpdateFormer(nn.Module):
                     for f0 in range(a.start, a.stop, frames_per_chunk):
                         f = slice(f0, min(a.stop, f0 + frames_per_chunk))
                         p = points_t[b, f]  # (f, N, C): attention across tracks
-                        h = torch.empty_like(p)
-                        add_norm(p, norm_to=h)
-                        attended = p2v.cross_attn(h, p2v.norm_context(virtual_t[b, f]))
+                        attended = p2v.cross_attn(self._normed(p),
+                                                  p2v.norm_context(virtual_t[b, f]))
                         self._residual_mlp(p2v, p, attended,
                                            sum_to=points[b, :, f].transpose(0, 1))
             virtual = virtual_t.transpose(1, 2).contiguous()
@@ -388,12 +386,18 @@ class UpdateFormer(nn.Module):
                         torch.cat([h.bias for h in heads]))
 
     @staticmethod
-    def _residual_mlp(block: nn.Module, x: Tensor, attended: Tensor, **last) -> None:
+    def _normed(x: Tensor, y: Tensor | None = None) -> Tensor:
+        """The non-affine LayerNorm of ``x`` (first ``x += y`` in place, if given) in a new
+        tensor; ``x (P, Q, C)``."""
+        h = torch.empty_like(x)
+        add_norm(x, y, sum_to=None if y is None else x, norm_to=h)
+        return h
+
+    @classmethod
+    def _residual_mlp(cls, block: nn.Module, x: Tensor, attended: Tensor, **last) -> None:
         """``x += attended; x += block.mlp(norm2(x))`` for ``x (P, Q, C)``, the last sum (and
         norms of it) written where `add_norm`'s ``last`` arguments say (not into ``x``)."""
-        h = torch.empty_like(x)
-        add_norm(x, attended, sum_to=x, norm_to=h)
-        add_norm(x, block.mlp(h), **last)
+        add_norm(x, block.mlp(cls._normed(x, attended)), **last)
 
 
 # -- 5. The shared tracker core ---------------------------------------------------------------

@@ -250,11 +250,9 @@ class _CoTracker3Engine(Tracker):
     def _to_tracks(self, clip: Clip, queries: np.ndarray, xy, vis, conf) -> Tracks:
         """Model-pixel results ``(T, N, ...)`` -> source-pixel `Tracks`."""
         geo = _Geometry(clip.size)
-        # One affine map in float32 (the pixel-centre convention of `Clip.to_source_pixels`):
-        # the arrays are T x N, and float64 temporaries cost a dense grid milliseconds.
-        scale = np.asarray(clip.scale, np.float64)
-        xy_src = xy * (geo.to_frame * scale).astype(np.float32)
-        xy_src += (0.5 * scale - 0.5).astype(np.float32)
+        # In float32: the arrays are T x N, and float64 temporaries cost a dense grid
+        # milliseconds.
+        xy_src = clip.to_source_pixels(xy * geo.to_frame, np.float32)
         q_src = queries.astype(np.float64).copy()
         q_src[:, 1:] = clip.to_source_pixels(queries[:, 1:] * geo.to_frame)
         visible = self._visible(vis, conf)
