@@ -1,0 +1,433 @@
+"""Tracks <-> FiftyOne labels: per-frame ``fo.Keypoints`` and the exact result on the sample.
+
+In the style of ``fiftyone/utils/<integration>.py``: plain conversion functions and a bulk
+writer.
+
+What is stored, for ``label_field="tracks"``:
+
+- ``frames.tracks``: one ``fo.Keypoints`` per tracked frame holding one ``fo.Keypoint`` per
+  track (``points=[(x, y)]`` normalised by the frame size, ``index`` = track id so the App
+  links a track across frames, ``confidence=[c]`` where the tracker gives one). Visible points
+  only, unless ``include_occluded`` (then every point, with ``occluded`` True/False). Tracks
+  started from existing labels carry ``label`` (the source label), ``source_id`` and
+  ``source_index``. FiftyOne frame numbers are 1-based: source frame ``i`` (0-based) is
+  frame ``i + 1``, so sampled frames land on their source frames.
+- ``tracks_result`` (sample field): the complete `Tracks` as zlib-compressed ``.npy`` arrays
+  (FiftyOne's own ``ArrayField`` encoding) plus scalars. Binary arrays read back bit-exact in
+  their dtype and shape, decode in milliseconds and live inside the sample document (deleted
+  and cloned with it); `tracks_from_sample` turns it back into the identical `Tracks`. A
+  result over MongoDB's 16 MB document limit (thousands of frames x thousands of points) keeps
+  its arrays in an ``.npz`` under ``fo.config.default_dataset_dir/<dataset>/pointtrack/``
+  instead, with the path in the result.
+- ``tracks_error`` (sample field): why tracking failed on that sample, else None.
+
+Writes are bulk: one ``set_values`` for all frames of a sample, built from plain Mongo
+documents (not ``fo.Keypoint`` objects, whose construction alone costs seconds for 300k
+points), and one for the sample. The result field is written last and is the "done" marker:
+a sample whose frames were written but whose result is missing (an interrupted run) is
+cleared and redone by the next run.
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+import json
+import os
+import struct
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fiftyone as fo
+import fiftyone.core.media as fom
+import numpy as np
+from bson import ObjectId
+
+from ..tracks import Tracks, atomic_path
+
+#: Keypoint attributes this module writes (declared in the frame schema for the App sidebar).
+KEYPOINT_ATTRIBUTES = {
+    "occluded": fo.BooleanField,
+    "source_id": fo.StringField,
+    "source_index": fo.IntField,
+}
+
+# Arrays of the sample result field, with the dtype `Tracks` holds them in.
+_ARRAYS = ("xy", "visible", "queries", "frame_numbers", "visibility", "confidence")
+_MAX_DOC_BYTES = 15 * 1024 * 1024  # MongoDB refuses documents over 16 MB
+
+
+class DatasetError(ValueError):
+    """A dataset, field or label that does not exist or has the wrong type."""
+
+
+def result_field(label_field: str) -> str:
+    """Name of the sample field holding the complete result of ``label_field``."""
+    return f"{label_field}_result"
+
+
+def error_field(label_field: str) -> str:
+    """Name of the sample field holding the error of a failed sample."""
+    return f"{label_field}_error"
+
+
+# -- track sources (tracks started from existing labels) ---------------------------------------
+
+
+@dataclass
+class Sources:
+    """Which existing label each track started from: per track, ``(N,)`` each.
+
+    ``label`` is the source label's class (or None), ``id`` its FiftyOne label id, ``index``
+    its ``index`` attribute if set, else its position in its label list (or the mask value for
+    a `Segmentation`); -1 where a track has no source.
+    """
+
+    label: list[str | None]
+    id: list[str | None]
+    index: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.index = np.asarray(self.index, dtype=np.int64).reshape(-1)
+        if not len(self.label) == len(self.id) == len(self.index):
+            raise ValueError("sources: label, id and index must have one entry per track")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+# -- tracks -> labels ----------------------------------------------------------------------------
+
+
+def tracks_to_frames(
+    tracks: Tracks,
+    *,
+    include_occluded: bool = False,
+    sources: Sources | None = None,
+    raw: bool = False,
+) -> dict[int, Any]:
+    """Per-frame keypoints of ``tracks``: ``{frame_number: fo.Keypoints}``.
+
+    Args:
+        tracks: the tracks (source pixels).
+        include_occluded: keep occluded points too, with attribute ``occluded=True``.
+        sources: the label each track started from (stored as keypoint ``label``,
+            ``source_id``, ``source_index``).
+        raw: return the Mongo documents (dicts) instead of ``fo.Keypoints``; this is what the
+            bulk writer stores, and building them is ~10x faster than building label objects.
+
+    Returns:
+        a dict mapping 1-based frame numbers (source frame index + 1) to ``fo.Keypoints`` (or
+        their dicts). Every tracked frame is present, possibly with no keypoints.
+    """
+    if sources is not None and len(sources) != tracks.num_tracks:
+        raise ValueError(f"{len(sources)} sources for {tracks.num_tracks} tracks")
+    W, H = tracks.frame_size
+    # Normalise in float64: x / W * W gives back the float32 position up to float32 rounding.
+    norm = tracks.xy.astype(np.float64) / np.array([W, H], dtype=np.float64)
+    keep = np.ones_like(tracks.visible) if include_occluded else tracks.visible
+    conf = tracks.confidence
+    labels = sources.label if sources is not None else None
+    oids = _object_ids(int(keep.sum()))
+    frames = {}
+    start = 0
+    with _gc_paused():  # hundreds of thousands of small dicts: skip pointless GC passes
+        for t, fn in enumerate(tracks.frame_numbers.tolist()):
+            ids = np.flatnonzero(keep[t])
+            x, y = norm[t, ids, 0].tolist(), norm[t, ids, 1].tolist()
+            kps = [
+                {"_id": oid, "_cls": "Keypoint", "tags": [], "points": [[xi, yi]], "index": i}
+                for oid, i, xi, yi in zip(
+                    oids[start : start + len(ids)], ids.tolist(), x, y, strict=True
+                )
+            ]
+            start += len(ids)
+            cols: dict[str, list] = {}
+            if conf is not None:
+                cols["confidence"] = [[c] for c in conf[t, ids].astype(np.float64).tolist()]
+            if include_occluded:
+                cols["occluded"] = (~tracks.visible[t, ids]).tolist()
+            if sources is not None:
+                cols["label"] = [labels[i] for i in ids]
+                cols["source_id"] = [sources.id[i] for i in ids]
+                cols["source_index"] = sources.index[ids].tolist()
+            for name, values in cols.items():
+                for kp, value in zip(kps, values, strict=True):
+                    if value is not None:
+                        kp[name] = value
+            doc = {"_cls": "Keypoints", "keypoints": kps}
+            frames[fn + 1] = doc if raw else fo.Keypoints.from_dict(doc)
+    return frames
+
+
+class _gc_paused:
+    def __enter__(self):
+        self.enabled = gc.isenabled()
+        gc.disable()
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            gc.enable()
+
+
+def _object_ids(n: int) -> list[ObjectId]:
+    """``n`` fresh, unique ObjectIds made in bulk (``ObjectId()`` one by one costs ~1 s per
+    300k): the standard layout of a 4-byte timestamp, 5 random bytes (new per call) and a
+    3-byte counter, here starting at a random value; calls needing over 2**24 ids split."""
+    out: list[ObjectId] = []
+    while n > 0:
+        k = min(n, 2**24)
+        head = struct.pack(">I", int(time.time())) + os.urandom(5)
+        counter = (int.from_bytes(os.urandom(3), "big") + np.arange(k, dtype=np.uint32)) % 2**24
+        tail = counter.astype(">u4").view(np.uint8).reshape(k, 4)[:, 1:]
+        raw = np.concatenate([np.tile(np.frombuffer(head, np.uint8), (k, 1)), tail], axis=1)
+        buf = raw.tobytes()
+        out.extend(ObjectId(buf[12 * j : 12 * j + 12]) for j in range(k))
+        n -= k
+    return out
+
+
+def _serialize(array: np.ndarray) -> bytes:
+    """FiftyOne's ``ArrayField`` encoding (zlib-compressed ``.npy``), at the fastest level:
+    float positions hardly compress, and level 6 costs ~10x the time for a few percent."""
+    with io.BytesIO() as f:
+        np.save(f, np.asarray(array), allow_pickle=False)
+        return zlib.compress(f.getvalue(), 1)
+
+
+def tracks_to_doc(
+    tracks: Tracks,
+    *,
+    sources: Sources | None = None,
+    settings: dict | None = None,
+    spill_path: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """The Mongo document of the sample result field (arrays as FiftyOne ``ArrayField`` bytes).
+
+    Arrays over MongoDB's 16 MB document limit go to an ``.npz`` at ``spill_path`` (written
+    atomically) and the document keeps its path; without ``spill_path`` that is an error.
+    """
+    arrays = {name: getattr(tracks, name) for name in _ARRAYS}
+    if sources is not None:
+        arrays["source_index"] = sources.index
+    doc: dict[str, Any] = {"_cls": "DynamicEmbeddedDocument"}
+    doc.update({k: None if v is None else _serialize(v) for k, v in arrays.items()})
+    size = sum(len(v) for v in doc.values() if isinstance(v, bytes))
+    if size > _MAX_DOC_BYTES:
+        if spill_path is None:
+            raise ValueError(
+                f"tracks of {tracks.num_frames} frames x {tracks.num_tracks} points take "
+                f"{size / 2**20:.0f} MB, over MongoDB's 16 MB per sample"
+            )
+        with atomic_path(spill_path) as tmp:
+            np.savez(tmp, **{k: v for k, v in arrays.items() if v is not None})
+        doc.update({k: None for k in arrays}, path=str(spill_path))
+    doc.update(
+        tracker=tracks.tracker,
+        options=json.dumps(tracks.options, sort_keys=True),
+        frame_size=list(tracks.frame_size),
+        fps=float(tracks.fps),
+        num_frames=tracks.num_frames,
+        num_tracks=tracks.num_tracks,
+        settings=dict(settings or {}),
+    )
+    if sources is not None:
+        doc["source_label"] = list(sources.label)
+        doc["source_id"] = list(sources.id)
+    return doc
+
+
+def _spill_path(dataset: fo.Dataset, sample_id: str, label_field: str) -> Path:
+    return Path(fo.config.default_dataset_dir) / dataset.name / "pointtrack" / (
+        f"{sample_id}-{label_field}.npz"
+    )
+
+
+def _result_schema() -> dict[str, Any]:
+    return {
+        **{name: (fo.ArrayField, {}) for name in _ARRAYS},
+        "tracker": (fo.StringField, {}),
+        "options": (fo.StringField, {}),
+        "frame_size": (fo.ListField, {"subfield": fo.IntField}),
+        "fps": (fo.FloatField, {}),
+        "num_frames": (fo.IntField, {}),
+        "num_tracks": (fo.IntField, {}),
+        "settings": (fo.DictField, {}),
+        "source_label": (fo.ListField, {"subfield": fo.StringField}),
+        "source_id": (fo.ListField, {"subfield": fo.StringField}),
+        "source_index": (fo.ArrayField, {}),
+        "path": (fo.StringField, {}),
+    }
+
+
+def prepare_fields(dataset: fo.Dataset, label_field: str) -> None:
+    """Declare the frame, result and error fields of ``label_field`` (idempotent); raises
+    `DatasetError` if a field of that name exists with another type."""
+    frame_schema = dataset.get_frame_field_schema(flat=True) or {}
+    existing = frame_schema.get(label_field)
+    if existing is None:
+        dataset.add_frame_field(
+            label_field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Keypoints
+        )
+    elif getattr(existing, "document_type", None) is not fo.Keypoints:
+        raise DatasetError(
+            f"frame field '{label_field}' of dataset '{dataset.name}' holds "
+            f"{_type_name(existing)}, not Keypoints: choose another field"
+        )
+    for name, ftype in KEYPOINT_ATTRIBUTES.items():
+        path = f"{label_field}.keypoints.{name}"
+        if path not in frame_schema:
+            dataset.add_frame_field(path, ftype)
+    schema = dataset.get_field_schema(flat=True)
+    rfield, efield = result_field(label_field), error_field(label_field)
+    if rfield not in schema:
+        dataset.add_sample_field(
+            rfield, fo.EmbeddedDocumentField, embedded_doc_type=fo.DynamicEmbeddedDocument
+        )
+    elif getattr(schema[rfield], "document_type", None) is not fo.DynamicEmbeddedDocument:
+        raise DatasetError(f"sample field '{rfield}' exists and is not a pointtrack result")
+    for name, (ftype, kwargs) in _result_schema().items():
+        if f"{rfield}.{name}" not in schema:
+            dataset.add_sample_field(f"{rfield}.{name}", ftype, **kwargs)
+    if efield not in schema:
+        dataset.add_sample_field(efield, fo.StringField)
+
+
+def _type_name(field) -> str:
+    doc_type = getattr(field, "document_type", None)
+    return doc_type.__name__ if doc_type is not None else type(field).__name__
+
+
+def _clear(dataset: fo.Dataset, sample_id: str, label_field: str) -> None:
+    """Forget the result first (so a crash below leaves the sample "not done"), then the frames."""
+    view = dataset.select(sample_id)
+    view.set_values(result_field(label_field), [None], expand_schema=False)
+    view.set_values(error_field(label_field), [None], expand_schema=False)
+    view.clear_frame_field(label_field)
+
+
+def _write(
+    dataset: fo.Dataset,
+    sample_id: str,
+    tracks: Tracks,
+    label_field: str,
+    *,
+    include_occluded: bool = False,
+    sources: Sources | None = None,
+    settings: dict | None = None,
+) -> None:
+    doc = tracks_to_doc(
+        tracks, sources=sources, settings=settings,
+        spill_path=_spill_path(dataset, sample_id, label_field),
+    )
+    frames = tracks_to_frames(tracks, include_occluded=include_occluded, sources=sources, raw=True)
+    _clear(dataset, sample_id, label_field)
+    # One bulk write for all frames of the sample (frames that do not exist yet are created),
+    # then the result, which marks the sample as done.
+    dataset.set_values(
+        f"frames.{label_field}",
+        {sample_id: frames},
+        key_field="id",
+        expand_schema=False,
+        validate=False,
+    )
+    dataset.set_values(
+        result_field(label_field), {sample_id: doc}, key_field="id", expand_schema=False,
+        validate=False,
+    )
+
+
+def add_tracks(
+    sample: fo.Sample | str,
+    tracks: Tracks,
+    label_field: str = "tracks",
+    *,
+    dataset: fo.Dataset | None = None,
+    include_occluded: bool = False,
+    sources: Sources | None = None,
+    settings: dict | None = None,
+) -> None:
+    """Store ``tracks`` on a video sample (replacing any earlier result in ``label_field``).
+
+    Args:
+        sample: a sample (or sample view) in a dataset, or a sample id with ``dataset``.
+        tracks: the tracks of that sample's video.
+        include_occluded, sources: see `tracks_to_frames`.
+        settings: JSON-able provenance stored with the result (e.g. sampling options).
+
+    Writes ``frames.<label_field>`` (see `tracks_to_frames`) and ``<label_field>_result`` in
+    bulk, then refreshes the sample's frames if the sample object is given.
+    """
+    if isinstance(sample, str):
+        if dataset is None:
+            raise DatasetError("give the dataset along with a sample id")
+        sample_id, sample = sample, None
+    else:
+        dataset, sample_id = sample.dataset, sample.id
+        if dataset is None:
+            raise DatasetError("the sample must be added to a dataset before tracks are stored")
+    if dataset.media_type != fom.VIDEO:
+        raise DatasetError(f"dataset '{dataset.name}' holds {dataset.media_type}, not videos")
+    prepare_fields(dataset, label_field)
+    _write(
+        dataset, sample_id, tracks, label_field,
+        include_occluded=include_occluded, sources=sources, settings=settings,
+    )
+    if sample is not None:
+        # FiftyOne 1.22's frame-level set_values does not refresh frames already in memory.
+        sample.frames.reload()
+
+
+# -- labels -> tracks ----------------------------------------------------------------------------
+
+
+def _result_doc(sample, label_field: str):
+    name = result_field(label_field)
+    try:
+        doc = sample[name]
+    except (KeyError, AttributeError):
+        doc = None
+    if doc is None:
+        raise DatasetError(f"sample {sample.id} has no tracks in field '{label_field}' ({name})")
+    return doc
+
+
+def _arrays(doc) -> dict[str, np.ndarray | None]:
+    names = (*_ARRAYS, "source_index")
+    path = doc["path"] if "path" in doc else None
+    if path:  # a result too large for one MongoDB document
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return {k: data[k] if k in data.files else None for k in names}
+        except OSError as e:
+            raise DatasetError(f"tracks file {path} of this result cannot be read ({e})") from e
+    return {k: doc[k] if k in doc else None for k in names}
+
+
+def tracks_from_sample(sample, label_field: str = "tracks") -> Tracks:
+    """The exact `Tracks` stored by `add_tracks` / `track_dataset` on ``sample``."""
+    doc = _result_doc(sample, label_field)
+    arrays = _arrays(doc)
+    return Tracks(
+        **{name: arrays[name] for name in _ARRAYS},
+        frame_size=tuple(doc["frame_size"]),
+        fps=doc["fps"],
+        tracker=doc["tracker"],
+        options=json.loads(doc["options"]),
+    )
+
+
+def sources_from_sample(sample, label_field: str = "tracks") -> Sources | None:
+    """The source label of each track (see `Sources`), or None for grid/query tracks."""
+    doc = _result_doc(sample, label_field)
+    index = _arrays(doc)["source_index"]
+    if index is None:
+        return None
+    return Sources(label=list(doc["source_label"]), id=list(doc["source_id"]), index=index)
+
+
+def _name(samples) -> str:
+    return samples.name if isinstance(samples, fo.Dataset) else samples.dataset_name
