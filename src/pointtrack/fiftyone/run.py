@@ -1,4 +1,10 @@
-"""Running a tracker over a dataset or view: skip done samples, record errors, resume."""
+"""Running a tracker over a dataset or view: the glue between `pointtrack.runners` and labels.
+
+`SampleWork` is the runners' `Work` for video samples: claim a sample (`claims`), decode it
+and build its prompt, track it, write its labels (`labels`), or record why it failed.
+`track_dataset` picks the runner: ``"local"`` (pipelined, the default), ``"sequential"`` or
+``"ray"``.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +17,10 @@ import fiftyone.core.media as fom
 import numpy as np
 from fiftyone.core.clips import ClipsView
 
+from ..runners import Job, Outcome, RunAborted, run_local, run_sequential
 from ..trackers.base import PromptError, Tracker
 from ..video import read_clip
+from .claims import Claims, Heartbeat
 from .labels import (
     DatasetError,
     _clear,
@@ -51,6 +59,108 @@ def _root_dataset(samples) -> fo.Dataset:
     return fo.load_dataset(samples.dataset_name)
 
 
+@dataclass
+class SampleWork:
+    """The `pointtrack.runners.Work` of `track_dataset` (plain data: it pickles to store
+    processes and Ray workers, each of which opens the dataset by name)."""
+
+    dataset_name: str
+    label_field: str
+    input_size: tuple[int, int] | None
+    sampling: dict
+    grid_size: int
+    queries: np.ndarray | None
+    prompt_name: str | None
+    prompt_frame: int | None
+    mask_targets: dict | None
+    backward_tracking: bool
+    include_occluded: bool
+    overwrite: bool
+    settings: dict
+    claims: Claims
+
+    def dataset(self) -> fo.Dataset:
+        return fo.load_dataset(self.dataset_name)  # one object per process (FiftyOne caches it)
+
+    def _is_done(self, sample_id: str) -> bool:
+        done = self.dataset().select(sample_id).values(
+            f"{result_field(self.label_field)}.num_frames")
+        return bool(done) and done[0] is not None
+
+    def claim(self, job: Job) -> bool:
+        with _database(self.dataset_name):
+            if not self.claims.take(job.key):
+                return False
+            if not self.overwrite and self._is_done(job.key):
+                self.claims.release(job.key)
+                return False
+            return True
+
+    def load(self, job: Job) -> tuple:
+        clip = read_clip(job.path, size=self.input_size, **self.sampling)
+        row = _prompt_row(clip.frame_numbers, self.prompt_frame)
+        queries, sources = self.queries, None
+        if self.prompt_name is not None:
+            with _database(self.dataset_name):
+                label = _prompt_label(self.dataset(), job.key, self.prompt_name, row,
+                                      clip.frame_numbers)
+            xy, sources = prompts_from_label(label, clip.source_size, self.grid_size,
+                                             self.mask_targets)
+            queries = np.concatenate([np.full((len(xy), 1), row), xy], axis=1)
+        return clip, row, queries, sources
+
+    def track(self, tracker: Tracker, job: Job, loaded: tuple) -> tuple:
+        clip, row, queries, sources = loaded
+        tracks = tracker.track(
+            clip,
+            grid_size=0 if queries is not None else self.grid_size,
+            queries=queries,
+            grid_query_frame=row,
+            backward_tracking=self.backward_tracking,
+        )
+        return tracks, sources
+
+    def store(self, job: Job, result: tuple) -> None:
+        tracks, sources = result
+        with _database(self.dataset_name):
+            _write(self.dataset(), job.key, tracks, self.label_field,
+                   include_occluded=self.include_occluded, sources=sources,
+                   settings=self.settings)
+            self.claims.release(job.key)
+
+    def fail(self, job: Job, message: str) -> None:
+        with _database(self.dataset_name):
+            dataset = self.dataset()
+            _clear(dataset, job.key, self.label_field)
+            dataset.set_values(error_field(self.label_field), {job.key: message},
+                               key_field="id")
+            self.claims.release(job.key)
+
+
+class _database:
+    """Turns a lost database connection into `RunAborted`: no later sample could be stored,
+    so the run stops with one clear error instead of timing out on every sample."""
+
+    def __init__(self, dataset_name: str) -> None:
+        self.dataset_name = dataset_name
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        from pymongo.errors import ConnectionFailure
+
+        if exc is not None and isinstance(exc, ConnectionFailure):
+            uri = fo.config.database_uri or "FiftyOne's database"
+            raise RunAborted(
+                f"lost the database ({uri}) while tracking '{self.dataset_name}': "
+                f"{str(exc).splitlines()[0][:200]}; rerun when it is back to resume"
+            ) from exc
+
+
+BACKENDS = ("local", "sequential", "ray")
+
+
 def track_dataset(
     samples,
     tracker: Tracker,
@@ -67,14 +177,20 @@ def track_dataset(
     include_occluded: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    backend: str = "local",
+    ray_address: str | None = None,
+    runner_options: dict | None = None,
+    on_outcome=None,
 ) -> TrackSummary:
-    """Track every video of a dataset or view and store the tracks (see module docstring).
+    """Track every video of a dataset or view and store the tracks (see `pointtrack.fiftyone`).
 
     Each video is decoded straight to ``tracker.input_size``, sampled by ``every`` / ``fps`` /
     ``max_frames``. Samples that already hold ``<label_field>_result`` are skipped unless
-    ``overwrite``; a sample that fails gets its error in ``<label_field>_error`` and in the
-    summary, and the run goes on. Each sample is written completely (frames, then result)
-    before the next starts, so an interrupted run resumes where it stopped.
+    ``overwrite``, and so are samples another run is tracking right now (a claim per sample in
+    MongoDB). A sample that fails gets its error in ``<label_field>_error`` and in the
+    summary, and the run goes on; a lost database stops the run with `RunAborted`. Each
+    sample's result is written after its frames, so an interrupted run resumes where it
+    stopped.
 
     Args:
         grid_size: grid points per side over the frame, or per box/mask with ``prompt_field``.
@@ -84,7 +200,16 @@ def track_dataset(
             ``prompt_frame`` become the queries.
         prompt_frame: 1-based FiftyOne frame number of the prompt labels (and of the grid);
             must be a sampled frame. Default: the first tracked frame.
+        backend: ``"local"``: decoding ahead and storing behind the tracker, on this machine
+            (`pointtrack.runners.run_local`); ``"sequential"``: one stage after another;
+            ``"ray"``: over a Ray cluster (`pointtrack.runners.ray.run_ray`, needs
+            ``pointtrack[ray]``), at ``ray_address`` or a local one.
+        runner_options: keyword arguments of the runner (e.g. ``loaders``,
+            ``store_processes``; for Ray ``num_actors``, ``num_gpus``).
+        on_outcome: called with each `pointtrack.runners.Outcome` as samples finish.
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if samples.media_type != fom.VIDEO:
         raise DatasetError(f"'{_name(samples)}' holds {samples.media_type}, not videos")
     if isinstance(samples, ClipsView):
@@ -95,9 +220,6 @@ def track_dataset(
         raise PromptError("give either queries or a prompt field, not both")
     prepare_fields(dataset, label_field)
 
-    rfield = result_field(label_field)
-    ids, paths, done = samples.values(["id", "filepath", f"{rfield}.num_frames"])
-    summary = TrackSummary(label_field)
     settings = {
         "label_field": label_field,
         "grid_size": grid_size,
@@ -109,45 +231,67 @@ def track_dataset(
         "backward_tracking": backward_tracking,
         "include_occluded": include_occluded,
     }
-    mask_targets = dataset.mask_targets.get(prompt_name) or dataset.default_mask_targets
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(ids), desc=f"track {label_field}", unit="video", disable=not progress)
+    work = SampleWork(
+        dataset_name=dataset.name,
+        label_field=label_field,
+        input_size=tracker.input_size,
+        sampling=dict(every=every, fps=fps, max_frames=max_frames),
+        grid_size=grid_size,
+        queries=None if queries is None else np.asarray(queries, dtype=np.float64),
+        prompt_name=prompt_name,
+        prompt_frame=prompt_frame,
+        mask_targets=dataset.mask_targets.get(prompt_name) or dataset.default_mask_targets,
+        backward_tracking=backward_tracking,
+        include_occluded=include_occluded,
+        overwrite=overwrite,
+        settings=settings,
+        claims=Claims(dataset._doc.id, label_field),
+    )
+    ids, paths, done = samples.values(["id", "filepath", f"{result_field(label_field)}.num_frames"])
+    summary = TrackSummary(label_field)
+    # Done samples are skipped here at once; `SampleWork.claim` checks again, after claiming.
+    jobs = []
     for sample_id, path, is_done in zip(ids, paths, done, strict=True):
         if is_done is not None and not overwrite:
             summary.skipped.append(sample_id)
-            bar.update()
-            continue
-        try:
-            clip = read_clip(path, size=tracker.input_size, every=every, fps=fps,
-                             max_frames=max_frames)
-            row = _prompt_row(clip.frame_numbers, prompt_frame)
-            sources = None
-            sample_queries = queries
-            if prompt_name is not None:
-                label = _prompt_label(dataset, sample_id, prompt_name, row, clip.frame_numbers)
-                xy, sources = prompts_from_label(label, clip.source_size, grid_size, mask_targets)
-                sample_queries = np.concatenate([np.full((len(xy), 1), row), xy], axis=1)
-            tracks = tracker.track(
-                clip,
-                grid_size=0 if sample_queries is not None else grid_size,
-                queries=sample_queries,
-                grid_query_frame=row,
-                backward_tracking=backward_tracking,
-            )
-            _write(dataset, sample_id, tracks, label_field, include_occluded=include_occluded,
-                   sources=sources, settings=settings)
-            summary.done.append(sample_id)
-        except Exception as e:  # noqa: BLE001 -- any failure is recorded and the run goes on
-            message = str(e) or type(e).__name__
-            summary.failed[sample_id] = message
-            logger.warning("sample %s (%s): %s", sample_id, path, message)
-            _clear(dataset, sample_id, label_field)
-            dataset.set_values(error_field(label_field), {sample_id: message}, key_field="id")
+        else:
+            jobs.append(Job(sample_id, path))
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(ids), initial=len(summary.skipped), desc=f"track {label_field}",
+               unit="video", disable=not progress)
+
+    def record(outcome: Outcome) -> None:
+        key = outcome.job.key
+        if outcome.status == "done":
+            summary.done.append(key)
+        elif outcome.status == "skipped":
+            summary.skipped.append(key)
+        else:
+            summary.failed[key] = outcome.error or "failed"
             bar.set_postfix(failed=len(summary.failed))
         bar.update()
-    bar.close()
-    dataset.reload()  # refresh samples and frames that callers hold in memory
+        if on_outcome is not None:
+            on_outcome(outcome)
+
+    options = dict(runner_options or {})
+    try:
+        with Heartbeat(work.claims):
+            if backend == "sequential":
+                run_sequential(jobs, work, tracker, on_outcome=record, **options)
+            elif backend == "local":
+                run_local(jobs, work, tracker, on_outcome=record, **options)
+            else:
+                from ..runners.ray import run_ray
+
+                run_ray(jobs, work, tracker, address=ray_address, on_outcome=record, **options)
+    finally:
+        bar.close()
+        try:
+            dataset.reload()  # refresh samples and frames that callers hold in memory
+        except Exception:  # noqa: BLE001 -- the database may be what stopped the run
+            pass
     return summary
+
 

@@ -1,0 +1,237 @@
+"""Runners: one tracker over many videos.
+
+A run is a list of `Job`s (one video each) and a `Work` that says, per job, how to
+
+- ``claim`` it (so that concurrent runs never do the same job twice),
+- ``load`` it (CPU: decode the video at the tracker's size, build its prompt),
+- ``track`` it (the accelerator),
+- ``store`` the result (CPU: labels into a database), or record why it ``fail``-ed.
+
+The runners know nothing of FiftyOne: `pointtrack.fiftyone` provides the `Work` for dataset
+samples. `run_sequential` does one stage after another (the reference behaviour);
+`run_local` pipelines them on one machine (decoding ahead, storing behind, each bounded);
+`pointtrack.runners.ray.run_ray` spreads them over a Ray cluster. All three report one
+`Outcome` per job, in the order jobs finish.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..trackers.base import Tracker
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One video to track: ``key`` names it to the `Work` (a sample id), ``path`` is its file."""
+
+    key: str
+    path: str
+
+
+@dataclass
+class Outcome:
+    """What became of a job: ``status`` is "done", "failed" (``error`` says why) or
+    "skipped" (claimed by another run); ``seconds`` times each stage; ``worker`` is the pid
+    of the process that tracked it."""
+
+    job: Job
+    status: str
+    error: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    worker: int | None = None
+
+
+class Work(Protocol):
+    """What a run does with each job (see the module docstring). Must pickle for Ray and
+    for store processes."""
+
+    def claim(self, job: Job) -> bool: ...
+
+    def load(self, job: Job) -> Any: ...
+
+    def track(self, tracker: Tracker, job: Job, loaded: Any) -> Any: ...
+
+    def store(self, job: Job, result: Any) -> None: ...
+
+    def fail(self, job: Job, message: str) -> None: ...
+
+
+OnOutcome = Callable[[Outcome], None]
+
+
+class RunAborted(RuntimeError):
+    """An error that no later job can escape (the database is gone, say): the run stops
+    with it instead of recording it on every job."""
+
+
+def error_message(e: BaseException) -> str:
+    return str(e) or type(e).__name__
+
+
+def _timed(fn: Callable, *args) -> tuple[Any, float]:
+    t = time.perf_counter()
+    value = fn(*args)
+    return value, time.perf_counter() - t
+
+
+def _stored(work: Work, job: Job, result: Any) -> float:
+    return _timed(work.store, job, result)[1]
+
+
+class _Run:
+    """Outcome bookkeeping shared by the runners: report, record failures, go on."""
+
+    def __init__(self, work: Work, on_outcome: OnOutcome | None) -> None:
+        self.work = work
+        self.on_outcome = on_outcome
+        self.outcomes: list[Outcome] = []
+
+    def report(self, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
+
+    def done(self, job: Job, seconds: dict[str, float], worker: int | None = None) -> None:
+        self.report(Outcome(job, "done", seconds=seconds, worker=worker))
+
+    def failed(self, job: Job, e: BaseException | str, worker: int | None = None) -> None:
+        if isinstance(e, RunAborted):
+            raise e
+        message = e if isinstance(e, str) else error_message(e)
+        logger.warning("%s (%s): %s", job.key, job.path, message)
+        try:
+            self.work.fail(job, message)
+        except Exception as e2:  # noqa: BLE001 -- the failure itself is still reported
+            logger.error("could not record the failure of %s: %s", job.key, error_message(e2))
+        self.report(Outcome(job, "failed", error=message, worker=worker))
+
+    def skipped(self, job: Job) -> None:
+        self.report(Outcome(job, "skipped"))
+
+
+def run_sequential(
+    jobs: Iterable[Job], work: Work, tracker: Tracker, *, on_outcome: OnOutcome | None = None
+) -> list[Outcome]:
+    """Each job claimed, loaded, tracked and stored before the next starts."""
+    run = _Run(work, on_outcome)
+    for job in jobs:
+        if not work.claim(job):
+            run.skipped(job)
+            continue
+        try:
+            loaded, t_load = _timed(work.load, job)
+            result, t_track = _timed(work.track, tracker, job, loaded)
+            del loaded
+            t_store = _stored(work, job, result)
+        except Exception as e:  # noqa: BLE001 -- any failure is recorded and the run goes on
+            run.failed(job, e, os.getpid())
+            continue
+        run.done(job, {"load": t_load, "track": t_track, "store": t_store}, os.getpid())
+    return run.outcomes
+
+
+def default_store_processes(tracker: Tracker) -> int:
+    """Store processes for `run_local`: none on CPU (tracking is the slow stage, a thread
+    keeps up), else half the cores, at most 8: building hundreds of thousands of label
+    documents per video in the tracking process would hold its GIL while the GPU waits."""
+    device = getattr(tracker, "device", None)
+    if device is None or getattr(device, "type", str(device)) == "cpu":
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
+def _store_pool(processes: int) -> Executor:
+    if processes == 0:
+        return ThreadPoolExecutor(1, thread_name_prefix="pointtrack-store")
+    import multiprocessing
+
+    # spawn, not fork: the tracking process holds CUDA and database connections.
+    return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+
+
+def run_local(
+    jobs: Iterable[Job],
+    work: Work,
+    tracker: Tracker,
+    *,
+    loaders: int = 2,
+    prefetch: int = 2,
+    store_processes: int | None = None,
+    on_outcome: OnOutcome | None = None,
+) -> list[Outcome]:
+    """The three stages at once: ``loaders`` threads decode ahead of the tracker (PyAV
+    releases the GIL while decoding), at most ``loaders + prefetch`` loaded videos wait in
+    memory; this thread tracks; stores run behind on a thread (``store_processes=0``) or in
+    that many spawned processes (default: `default_store_processes`), with at most two per
+    store worker waiting. Results are identical to `run_sequential`.
+    """
+    run = _Run(work, on_outcome)
+    if store_processes is None:
+        store_processes = default_store_processes(tracker)
+    waiting_stores = 2 * max(store_processes, 1)
+    todo = iter(jobs)
+    with ThreadPoolExecutor(loaders, thread_name_prefix="pointtrack-load") as load_pool, \
+            _store_pool(store_processes) as store_pool:
+        loads: deque[tuple[Job, Future]] = deque()
+        stores: deque[tuple[Job, dict, Future]] = deque()
+
+        def load_next() -> None:
+            for job in todo:  # the next job this run may claim
+                if work.claim(job):
+                    loads.append((job, load_pool.submit(_timed, work.load, job)))
+                    return
+                run.skipped(job)
+
+        def finish_store() -> None:
+            job, seconds, future = stores.popleft()
+            try:
+                seconds["store"] = future.result()
+            except Exception as e:  # noqa: BLE001
+                run.failed(job, e, os.getpid())
+                return
+            run.done(job, seconds, os.getpid())
+
+        for _ in range(loaders + prefetch):
+            load_next()
+        while loads:
+            job, future = loads.popleft()
+            try:
+                loaded, t_load = future.result()
+                load_next()  # decoding of the next job overlaps this one's tracking
+                result, t_track = _timed(work.track, tracker, job, loaded)
+                del loaded
+            except Exception as e:  # noqa: BLE001
+                load_next()
+                run.failed(job, e, os.getpid())
+                continue
+            stores.append((job, {"load": t_load, "track": t_track},
+                           store_pool.submit(_stored, work, job, result)))
+            del result
+            while len(stores) > waiting_stores or (stores and stores[0][2].done()):
+                finish_store()
+        while stores:
+            finish_store()
+    return run.outcomes
+
+
+__all__ = [
+    "Job",
+    "OnOutcome",
+    "Outcome",
+    "RunAborted",
+    "Work",
+    "default_store_processes",
+    "error_message",
+    "run_local",
+    "run_sequential",
+]
