@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..runners import RunAborted
 from . import CLIError
 from .track import add_engine_arguments, load_engine
 
@@ -39,6 +40,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also store occluded points (attribute occluded=True)")
     t.add_argument("--backward", action="store_true", help="also track backward in time")
     t.add_argument("--overwrite", action="store_true", help="redo samples already tracked")
+    b = t.add_mutually_exclusive_group()
+    b.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run on a Ray cluster: ADDRESS of its head (e.g. ray://host:10001 or "
+                        "auto), or none to start a local one; needs pointtrack[ray]")
+    b.add_argument("--sequential", action="store_true",
+                   help="decode, track and store one after another (no pipelining)")
+    t.add_argument("--loaders", type=int, default=2, metavar="N",
+                   help="decoding threads ahead of the tracker (default 2)")
+    t.add_argument("--store-processes", type=int, default=None, metavar="N",
+                   help="processes writing labels (default: none on CPU, half the cores, at "
+                        "most 8, on GPU)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=run_track)
 
@@ -95,6 +107,22 @@ def run_track(args: argparse.Namespace) -> int:
         raise CLIError(f"--fps must be > 0, got {args.fps}")
     if args.max_frames is not None and args.max_frames < 1:
         raise CLIError(f"--max-frames must be >= 1, got {args.max_frames}")
+    if args.loaders < 1:
+        raise CLIError(f"--loaders must be >= 1, got {args.loaders}")
+    if args.store_processes is not None and args.store_processes < 0:
+        raise CLIError(f"--store-processes must be >= 0, got {args.store_processes}")
+    if args.ray is not None:
+        from ..runners.ray import RayUnavailable, import_ray
+
+        try:
+            import_ray()
+        except RayUnavailable as e:
+            raise CLIError(str(e)) from e
+        backend, options = "ray", {}
+    else:
+        backend = "sequential" if args.sequential else "local"
+        options = {} if args.sequential else {"loaders": args.loaders,
+                                              "store_processes": args.store_processes}
     tracker = load_engine(args)
     try:
         summary = ptf.track_dataset(
@@ -111,8 +139,11 @@ def run_track(args: argparse.Namespace) -> int:
             include_occluded=args.include_occluded,
             overwrite=args.overwrite,
             progress=not args.no_progress,
+            backend=backend,
+            ray_address=args.ray or None,
+            runner_options=options,
         )
-    except ptf.DatasetError as e:
+    except (ptf.DatasetError, RunAborted) as e:
         raise CLIError(str(e)) from e
     print(summary)
     # Some samples failed (their errors are on the samples): not a user error, but not success.

@@ -1,0 +1,204 @@
+"""The Ray runner: tracker actors (one per GPU), decoding and storing as CPU tasks.
+
+Needs ``pip install 'pointtrack[ray]'``. On a cluster every node needs pointtrack, the media at
+the same paths (shared storage) and a database all of them reach (``FIFTYONE_DATABASE_URI``);
+the driver hands its FiftyOne database settings to the workers.
+
+Per job: a CPU task decodes it (`Work.load`), the least busy actor tracks it (each actor
+holds one loaded, compiled model and keeps ``1 + prefetch`` jobs queued, so it never waits for
+a decode), and a CPU task stores the result (`Work.store`). Results move between them in
+Ray's object store, not through the driver. A killed actor is restarted and its queued jobs
+are retried (Ray's ``max_restarts`` / ``max_task_retries``); a store replaces whatever an
+interrupted attempt wrote, so a redone job is stored once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+from ..trackers import load_tracker
+from ..trackers.base import Tracker
+from . import Job, OnOutcome, Outcome, RunAborted, Work, _Run, error_message
+
+logger = logging.getLogger(__name__)
+
+#: FiftyOne settings the workers need to reach the driver's database.
+_DB_ENV = (
+    "FIFTYONE_DATABASE_URI",
+    "FIFTYONE_DATABASE_NAME",
+    "FIFTYONE_PRIVATE_DATABASE_PORT",
+    "FIFTYONE_DEFAULT_DATASET_DIR",
+    "FIFTYONE_DO_NOT_TRACK",
+)
+MAX_RESTARTS = 3
+
+
+class RayUnavailable(RuntimeError):
+    """Ray is not installed."""
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError as e:
+        raise RayUnavailable(
+            "the Ray backend needs Ray: pip install 'pointtrack[ray]'"
+        ) from e
+    return ray
+
+
+def tracker_spec(tracker: Tracker) -> Any:
+    """What a worker rebuilds ``tracker`` from: (name, options) for a registered engine, so no
+    model crosses the network (checkpoint paths must exist on the workers); else the tracker
+    object itself."""
+    from ..trackers import _REGISTRY
+
+    if _REGISTRY.get(tracker.name) is type(tracker):
+        options = dict(tracker.options)
+        if hasattr(tracker, "checkpoint"):  # the path, URL, name or state dict as given
+            options["checkpoint"] = tracker.checkpoint
+        return (tracker.name, options)
+    return tracker
+
+
+def _build(spec: Any) -> Tracker:
+    if isinstance(spec, tuple):
+        name, options = spec
+        return load_tracker(name, **options)
+    return spec
+
+
+def _load(work: Work, job: Job) -> tuple[Any, float]:
+    t = time.perf_counter()
+    return work.load(job), time.perf_counter() - t
+
+
+def _store(work: Work, job: Job, result: Any) -> float:
+    t = time.perf_counter()
+    work.store(job, result)
+    return time.perf_counter() - t
+
+
+class _TrackerActor:
+    def __init__(self, spec: Any, work: Work) -> None:
+        self.tracker = _build(spec)
+        self.work = work
+
+    def track(self, job: Job, loaded: tuple[Any, float]) -> tuple[Any, dict]:
+        value, t_load = loaded
+        t = time.perf_counter()
+        result = self.work.track(self.tracker, job, value)
+        meta = {"seconds": {"load": t_load, "track": time.perf_counter() - t},
+                "worker": os.getpid()}
+        return result, meta
+
+
+def _cause(e: BaseException) -> BaseException:
+    """The exception a Ray task raised, out of Ray's wrapper."""
+    cause = getattr(e, "cause", None)
+    return cause if isinstance(cause, BaseException) else e
+
+
+def run_ray(
+    jobs: Iterable[Job],
+    work: Work,
+    tracker: Tracker,
+    *,
+    address: str | None = None,
+    num_actors: int | None = None,
+    num_gpus: float | None = None,
+    prefetch: int = 2,
+    on_outcome: OnOutcome | None = None,
+) -> list[Outcome]:
+    """Run ``jobs`` on a Ray cluster: at ``address`` (``"auto"``: the one ``ray start``
+    started on this node), the one this process already joined, or a new local one.
+
+    Args:
+        num_actors: tracker actors; default one per GPU of the cluster, else half its CPUs.
+        num_gpus: GPUs per actor; default 1 where the cluster has GPUs, else 0.
+        prefetch: jobs queued on each actor beyond the one it tracks.
+    """
+    ray = import_ray()
+    from ray.exceptions import RayActorError, RayTaskError
+
+    if not ray.is_initialized():
+        ray.init(
+            address=address,
+            runtime_env={"env_vars": {k: os.environ[k] for k in _DB_ENV if k in os.environ}},
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+        )
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    if num_gpus is None:
+        num_gpus = 1 if gpus else 0
+    if num_actors is None:
+        num_actors = max(1, int(gpus // num_gpus) if num_gpus else int(resources["CPU"]) // 2)
+
+    load = ray.remote(num_cpus=1)(_load)
+    store = ray.remote(num_cpus=1)(_store)
+    actor_class = ray.remote(num_cpus=1, num_gpus=num_gpus, max_restarts=MAX_RESTARTS,
+                             max_task_retries=MAX_RESTARTS)(_TrackerActor)
+    spec = ray.put(tracker_spec(tracker))
+    actors = [actor_class.remote(spec, work) for _ in range(num_actors)]
+
+    run = _Run(work, on_outcome)
+    todo = deque(jobs)
+    queued = [0] * num_actors  # jobs each actor holds
+    tracking: dict[Any, tuple[Job, int, Any]] = {}  # meta ref -> job, actor, result ref
+    storing: dict[Any, tuple[Job, dict]] = {}  # store ref -> job, meta
+
+    def submit() -> None:
+        for i, actor in sorted(enumerate(actors), key=lambda ia: queued[ia[0]]):
+            while queued[i] < 1 + prefetch and todo:
+                job = todo.popleft()
+                if not work.claim(job):
+                    run.skipped(job)
+                    continue
+                result, meta = actor.track.options(num_returns=2).remote(
+                    job, load.remote(work, job))
+                tracking[meta] = (job, i, result)
+                queued[i] += 1
+
+    try:
+        submit()
+        while tracking or storing:
+            ready, _ = ray.wait([*tracking, *storing], num_returns=1)
+            ref = ready[0]
+            if ref in tracking:
+                job, i, result = tracking.pop(ref)
+                queued[i] -= 1
+                try:
+                    meta = ray.get(ref)
+                except (RayTaskError, RayActorError) as e:
+                    cause = _cause(e)
+                    if isinstance(cause, RunAborted):
+                        raise cause from None
+                    if isinstance(e, RayActorError):
+                        cause = RuntimeError(f"tracker worker lost {MAX_RESTARTS + 1} times "
+                                             f"({error_message(e).splitlines()[0]})")
+                    run.failed(job, cause)
+                else:
+                    storing[store.remote(work, job, result)] = (job, meta)
+                submit()
+            else:
+                job, meta = storing.pop(ref)
+                try:
+                    meta["seconds"]["store"] = ray.get(ref)
+                except RayTaskError as e:
+                    cause = _cause(e)
+                    if isinstance(cause, RunAborted):
+                        raise cause from None
+                    run.failed(job, cause, meta["worker"])
+                    continue
+                run.done(job, meta["seconds"], meta["worker"])
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+    return run.outcomes

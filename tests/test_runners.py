@@ -1,0 +1,235 @@
+"""Runners over real datasets (real videos, the test run's MongoDB): pipelined, Ray, claims.
+
+Every runner must store exactly what the sequential runner stores: the same tracks bit for
+bit (lk is deterministic), the same per-frame keypoints, the same error on a broken video.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fiftyone import ViewField as F
+from test_fiftyone import T, textured_video
+
+import pointtrack.fiftyone as ptf
+from pointtrack.cli import main
+from pointtrack.trackers import load_tracker
+from pointtrack.trackers.lk import LucasKanadeTracker
+
+NUM_VIDEOS = 6
+
+
+@pytest.fixture(scope="module")
+def video_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("runner-videos")
+    for i in range(NUM_VIDEOS):
+        textured_video(d / f"clip{i}.mp4", seed=100 + i, num_frames=T + i)
+    good = (d / "clip0.mp4").read_bytes()
+    (d / "broken.mp4").write_bytes(good[: len(good) // 3])  # truncated: no moov atom
+    return d
+
+
+@pytest.fixture
+def dataset(video_dir):
+    ds = ptf.create_dataset(video_dir, f"pt-{uuid.uuid4().hex[:8]}")
+    yield ds
+    ds.delete()
+
+
+def frame_labels(ds, field: str) -> dict:
+    """Per sample: per frame, the (index, x, y, confidence) of every keypoint."""
+    out = {}
+    for sample in ds.select_fields(f"frames.{field}"):
+        out[sample.filepath] = {
+            fn: [(k.index, *k.points[0], (k.confidence or [None])[0]) for k in f[field].keypoints]
+            for fn, f in sample.frames.items() if f[field] is not None
+        }
+    return out
+
+
+def assert_same_run(ds, field: str, reference: str) -> None:
+    """``field`` holds exactly what ``reference`` holds: tracks, labels and errors."""
+    ds.reload()
+    for sample in ds:
+        ref_error, error = sample[ptf.error_field(reference)], sample[ptf.error_field(field)]
+        assert error == ref_error
+        if ref_error is not None:
+            assert sample[ptf.result_field(field)] is None
+            continue
+        assert ptf.tracks_from_sample(sample, field).equals(
+            ptf.tracks_from_sample(sample, reference))
+    assert frame_labels(ds, field) == frame_labels(ds, reference)
+    ids = ds.values(f"frames.{field}.keypoints.id", unwind=True)
+    assert len(ids) == len(set(ids))  # no keypoint stored twice
+
+
+def test_pipelined_matches_sequential(dataset):
+    lk = load_tracker("lk")
+    seq = ptf.track_dataset(dataset, lk, "seq", grid_size=4, every=2, backend="sequential",
+                            progress=False)
+    assert len(seq.done) == NUM_VIDEOS and len(seq.failed) == 1
+    assert "broken.mp4" in next(iter(seq.failed.values()))
+    # Stores in a spawned process, as on a GPU machine, and on a thread, as on CPU.
+    for field, procs in (("pipe", 1), ("pipe_thread", 0)):
+        outcomes = []
+        summary = ptf.track_dataset(
+            dataset, lk, field, grid_size=4, every=2, progress=False,
+            runner_options={"store_processes": procs, "loaders": 2}, on_outcome=outcomes.append,
+        )
+        assert sorted(summary.done) == sorted(seq.done)
+        assert summary.failed == seq.failed
+        assert len(outcomes) == NUM_VIDEOS + 1
+        assert all(set(o.seconds) == {"load", "track", "store"} for o in outcomes
+                   if o.status == "done")
+        assert_same_run(dataset, field, "seq")
+
+
+def test_claims_keep_a_sample_to_one_run(dataset):
+    from pointtrack.fiftyone.claims import Claims
+
+    sample_id = dataset.match(F("filepath").ends_with("clip0.mp4")).first().id
+    mine, theirs = Claims(dataset._doc.id, "tracks"), Claims(dataset._doc.id, "tracks")
+    assert mine.take(sample_id)
+    assert mine.take(sample_id)  # a run may take its own claim again
+    assert not theirs.take(sample_id)
+    # A run that holds claims makes another skip those samples, and only those.
+    summary = ptf.track_dataset(dataset, load_tracker("lk"), grid_size=3, progress=False)
+    assert summary.skipped == [sample_id]
+    assert len(summary.done) == NUM_VIDEOS - 1 and len(summary.failed) == 1
+    mine.release(sample_id)
+    assert theirs.take(sample_id)
+    theirs.release_all()
+    summary = ptf.track_dataset(dataset, load_tracker("lk"), grid_size=3, progress=False)
+    assert summary.done == [sample_id]
+
+
+CONCURRENT_SCRIPT = """
+import sys, time
+import pointtrack.fiftyone as ptf
+from pointtrack.trackers.lk import LucasKanadeTracker
+
+class SlowLK(LucasKanadeTracker):
+    def _track(self, clip, prompt):
+        time.sleep(0.3)  # long enough for the two runs to overlap
+        return super()._track(clip, prompt)
+
+summary = ptf.track_dataset(ptf.load_dataset(sys.argv[1]), SlowLK(), grid_size=3,
+                            progress=False)
+print("DONE", " ".join(summary.done))
+"""
+
+
+def test_two_concurrent_runs_track_each_sample_once(dataset, tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(CONCURRENT_SCRIPT))
+    procs = [subprocess.Popen([sys.executable, str(script), dataset.name],
+                              stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    done = [line.split()[1:] for out in outs for line in out.splitlines()
+            if line.startswith("DONE")]
+    assert len(done) == 2
+    both = done[0] + done[1]
+    assert len(both) == len(set(both)) == NUM_VIDEOS  # every good sample once, by one run
+    assert done[0] and done[1], "both runs should have had work (they overlap)"
+    ptf.track_dataset(dataset, load_tracker("lk"), "ref", grid_size=3, backend="sequential",
+                      progress=False)
+    assert_same_run(dataset, "tracks", "ref")
+
+
+# -- Ray -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {k: v for k, v in os.environ.items()
+                                       if k.startswith("FIFTYONE_")}})
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_matches_sequential(ray_cluster, dataset):
+    lk = load_tracker("lk")
+    seq = ptf.track_dataset(dataset, lk, "seq", grid_size=4, every=2, backend="sequential",
+                            progress=False)
+    outcomes = []
+    summary = ptf.track_dataset(dataset, lk, "ray", grid_size=4, every=2, backend="ray",
+                                runner_options={"num_actors": 2}, on_outcome=outcomes.append,
+                                progress=False)
+    assert sorted(summary.done) == sorted(seq.done)
+    assert summary.failed == seq.failed
+    assert len({o.worker for o in outcomes if o.status == "done"}) == 2  # both actors worked
+    assert all(o.worker != os.getpid() for o in outcomes if o.status == "done")
+    assert_same_run(dataset, "ray", "seq")
+    again = ptf.track_dataset(dataset, lk, "ray", grid_size=4, every=2, backend="ray",
+                              progress=False)
+    assert len(again.skipped) == NUM_VIDEOS and not again.done  # done samples are skipped
+
+
+class SlowLK(LucasKanadeTracker):
+    def _track(self, clip, prompt):
+        time.sleep(0.5)  # slow enough to kill an actor in the middle of the run
+        return super()._track(clip, prompt)
+
+
+def test_ray_worker_killed_mid_run(ray_cluster, dataset):
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers can't import tests
+    killed = []
+
+    def kill_first_worker(outcome):
+        if outcome.status == "done" and not killed:
+            os.kill(outcome.worker, signal.SIGKILL)
+            killed.append(outcome.worker)
+
+    outcomes = []
+
+    def record(outcome):
+        outcomes.append(outcome)
+        kill_first_worker(outcome)
+
+    summary = ptf.track_dataset(dataset, SlowLK(), "ray", grid_size=3, backend="ray",
+                                runner_options={"num_actors": 2, "prefetch": 2},
+                                on_outcome=record, progress=False)
+    assert killed
+    assert len(summary.done) == NUM_VIDEOS and len(summary.failed) == 1
+    assert [o.job.key for o in outcomes] and len({o.job.key for o in outcomes}) == len(outcomes)
+    ptf.track_dataset(dataset, load_tracker("lk"), "ref", grid_size=3, backend="sequential",
+                      progress=False)
+    assert_same_run(dataset, "ray", "ref")
+
+
+# -- CLI -------------------------------------------------------------------------------------
+
+
+def test_cli_ray_without_ray_is_one_line(dataset, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    code = main(["dataset", "track", dataset.name, "--engine", "lk", "--ray", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip().count("\n") == 0 and "pointtrack[ray]" in err
+    assert not dataset.exists("tracks_result")
+
+
+def test_cli_backends_store_the_same(dataset, capsys):
+    code = main(["dataset", "track", dataset.name, "--engine", "lk", "--grid-size", "3",
+                 "--field", "seq", "--sequential", "--no-progress"])
+    assert code == 1  # the broken video failed, the rest were tracked
+    code = main(["dataset", "track", dataset.name, "--engine", "lk", "--grid-size", "3",
+                 "--no-progress"])
+    assert code == 1
+    assert "6 tracked, 0 skipped" in capsys.readouterr().out
+    assert_same_run(dataset, "tracks", "seq")
+    np.testing.assert_equal(len(dataset.exists("tracks_error")), 1)
