@@ -60,7 +60,13 @@ def tracker_spec(tracker: Tracker) -> Any:
 
     if _REGISTRY.get(tracker.name) is type(tracker):
         options = dict(tracker.options)
-        if hasattr(tracker, "checkpoint"):  # the path, URL, name or state dict as given
+        if options.get("checkpoint") == "<state dict>":
+            # Engines forget an in-memory state dict once its weights are in the model.
+            if getattr(tracker, "checkpoint", None) is None:
+                raise ValueError(
+                    "this tracker was built from an in-memory state dict that is now inside "
+                    "its model: give Ray workers a checkpoint path (saved with torch.save)"
+                )
             options["checkpoint"] = tracker.checkpoint
         return (tracker.name, options)
     return tracker
@@ -86,10 +92,16 @@ def _store(work: Work, job: Job, result: Any) -> float:
 
 class _TrackerActor:
     def __init__(self, spec: Any, work: Work) -> None:
-        self.tracker = _build(spec)
         self.work = work
+        try:
+            self.tracker = _build(spec)
+            self.error = None
+        except Exception as e:  # noqa: BLE001 -- reported by the first call, which aborts
+            self.error = error_message(e)
 
     def track(self, job: Job, loaded: tuple[Any, float]) -> tuple[Any, dict]:
+        if self.error is not None:  # no job could be tracked: stop the run
+            raise RunAborted(f"the tracker could not be built on a Ray worker: {self.error}")
         value, t_load = loaded
         t = time.perf_counter()
         result = self.work.track(self.tracker, job, value)

@@ -1,0 +1,309 @@
+"""Whole datasets, end to end: video files on disk -> CoTracker3 -> labels in MongoDB.
+
+One run, the same videos for every row (a fresh FiftyOne dataset per row):
+
+- ``seed``: the notebook this project replaces: ``imageio`` full-resolution frames as float,
+  the official predictor through ``torch.hub.load`` of a local checkout (``--reference``),
+  ``fo.Keypoint`` objects, ``sample.frames.merge`` and ``sample.save()`` per video. It is so
+  slow that it runs on the first ``--seed-videos`` videos only; its rate is per video.
+- ``sequential``: ``track_dataset(backend="sequential")``: decode, track, store, one by one.
+- ``pipelined``: ``track_dataset()`` (the default local runner).
+- ``ray``: ``track_dataset(backend="ray")`` on a local Ray cluster, one actor per GPU.
+- ``ray-2nodes``: the same on a cluster of two Ray nodes on this host (``ray start --head``
+  with the GPUs plus ``ray start --address`` with CPUs only), as a multi-node stand-in.
+
+Also measured: the model-only time of every video (frames already decoded, in host memory),
+whose sum is the "GPU-only" time; each row reports end-to-end / GPU-only and the GPU's busy
+fraction (NVML utilisation sampled every 50 ms during the row). The tracker is loaded and
+compiled once before the rows (one warm-up video); Ray actors load and compile their own and
+that time is in their rows (reported separately as ``startup_s``, where measurable).
+
+Synthetic weights (speed does not depend on their values); the clips are `pointtrack.synthetic`
+photos under camera motion with moving textured objects, H.264 854x480, 80-150 frames.
+
+    python benchmarks/dataset_throughput.py --reference .ref/co-tracker \\
+        --out benchmarks/results/dataset_throughput.json
+
+CPU dry run (tiny): ``--device cpu --precision fp32 --videos 3 --frames 8,12 --size 160x96
+--grid 4 --rows sequential,pipelined,ray``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+ROWS = ("seed", "sequential", "pipelined", "ray", "ray-2nodes")
+
+
+def _make_one(task: tuple) -> str:
+    from pointtrack.synthetic import make_video
+    from pointtrack.video import write_video
+
+    path, seed, num_frames, size = task
+    if not Path(path).exists():
+        clip = make_video(seed=seed, num_frames=num_frames, size=size, num_objects=4,
+                          num_points=1)
+        tmp = Path(path).with_suffix(".tmp.mp4")
+        write_video(tmp, clip.frames, fps=30.0)
+        os.replace(tmp, path)
+    return path
+
+
+def make_videos(folder: Path, n: int, frames: tuple[int, int], size: tuple[int, int]) -> list:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(frames[0], frames[1] + 1, n)
+    tasks = [(str(folder / f"clip{i:03d}.mp4"), i, int(lengths[i]), size) for i in range(n)]
+    with ProcessPoolExecutor(max(1, (os.cpu_count() or 2) - 1)) as pool:
+        return list(pool.map(_make_one, tasks))
+
+
+class GpuMonitor:
+    """Mean NVML utilisation ("a kernel was running") while the block runs."""
+
+    def __init__(self) -> None:
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+            index = int((os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0])
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        except Exception:  # noqa: BLE001 -- no NVML (CPU dry run)
+            self._nvml = None
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            self.samples.append(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu)
+
+    def __enter__(self) -> GpuMonitor:
+        if self._nvml is not None:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._nvml is not None:
+            self._thread.join()
+
+    @property
+    def busy(self) -> float | None:
+        return float(np.mean(self.samples)) / 100 if self.samples else None
+
+
+def seed_loop(ds, reference: Path, state_dict: dict, grid: int, device: str) -> int:
+    """The notebook: torch.hub predictor on full-resolution float frames, Keypoint objects."""
+    import fiftyone as fo
+    import imageio.v3 as iio
+    import torch
+
+    model = torch.hub.load(str(reference), "cotracker3_offline", source="local",
+                           pretrained=False)
+    model.model.load_state_dict(state_dict, strict=True)
+    model = model.to(device)
+    for sample in ds:
+        frames = iio.imread(sample.filepath, plugin="pyav")  # (T, H, W, 3) uint8, full size
+        video = torch.tensor(frames).permute(0, 3, 1, 2)[None].float().to(device)
+        with torch.no_grad():
+            pred_tracks, pred_visibility = model(video, grid_size=grid)
+        xy = pred_tracks[0].cpu().numpy()
+        visible = pred_visibility[0].cpu().numpy()
+        H, W = frames.shape[1:3]
+        for t in range(len(frames)):
+            kps = [fo.Keypoint(points=[(float(x) / W, float(y) / H)], index=i)
+                   for i, (x, y) in enumerate(xy[t]) if visible[t, i]]
+            sample.frames.merge({t + 1: {"tracks": fo.Keypoints(keypoints=kps)}})
+        sample.save()
+    return len(ds)
+
+
+def ray_cluster(mode: str, cpus: int) -> tuple[str | None, list]:
+    """(address, node commands to stop) of the Ray cluster a row runs on."""
+    if mode == "ray":
+        return None, []
+    ray_cli = [sys.executable, "-m", "ray.scripts.scripts"]
+    env = dict(os.environ)
+    half = str(max(2, cpus // 2))
+    subprocess.run([*ray_cli, "start", "--head", "--port", "6391", "--num-cpus", half,
+                    "--include-dashboard", "false", "--disable-usage-stats"],
+                   check=True, env=env, capture_output=True)
+    subprocess.run([*ray_cli, "start", "--address", "127.0.0.1:6391", "--num-cpus", half,
+                    "--num-gpus", "0", "--disable-usage-stats"],
+                   check=True, env=env, capture_output=True)
+    return "127.0.0.1:6391", [[*ray_cli, "stop", "--force"]]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--videos", type=int, default=32)
+    p.add_argument("--frames", default="80,150", help="min,max frames per video")
+    p.add_argument("--size", default="854x480")
+    p.add_argument("--grid", type=int, default=50)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--precision", default="bf16")
+    p.add_argument("--rows", default=",".join(ROWS))
+    p.add_argument("--seed-videos", type=int, default=2)
+    p.add_argument("--reference", type=Path, help="local checkout of facebookresearch/co-tracker")
+    p.add_argument("--video-dir", type=Path, default=ROOT / "out" / "throughput-videos")
+    p.add_argument("--store-processes", type=int, default=None)
+    p.add_argument("--loaders", type=int, default=3)
+    p.add_argument("--out", type=Path)
+    args = p.parse_args()
+
+    import fiftyone as fo
+    import torch
+
+    import pointtrack
+    import pointtrack.fiftyone as ptf
+    from pointtrack.models.weights import synthetic_state_dict
+    from pointtrack.trackers import load_tracker
+    from pointtrack.video import read_clip
+
+    rows = args.rows.split(",")
+    assert all(r in ROWS for r in rows), f"rows are {ROWS}"
+    lo, hi = (int(v) for v in args.frames.split(","))
+    size = tuple(int(v) for v in args.size.split("x"))
+    t = time.perf_counter()
+    paths = make_videos(args.video_dir, args.videos, (lo, hi), size)
+    print(f"{len(paths)} videos ready in {time.perf_counter() - t:.1f} s", flush=True)
+
+    shapes = json.loads((ROOT / "tests/data/parity/offline_shapes.json").read_text())
+    state_dict = synthetic_state_dict(shapes, seed=0)
+    checkpoint = args.video_dir / "synthetic_offline.pth"  # a path, as Ray workers need
+    torch.save(state_dict, checkpoint)
+    tracker = load_tracker("cotracker3-offline", checkpoint=str(checkpoint), device=args.device,
+                           precision=args.precision, progress=False)
+    t = time.perf_counter()
+    tracker.track(read_clip(paths[0], size=tracker.input_size), grid_size=args.grid)
+    warmup = time.perf_counter() - t
+    print(f"warm-up (load + compile) {warmup:.1f} s", flush=True)
+
+    # GPU-only: the model on frames already decoded, video by video.
+    model_s = []
+    for path in paths:
+        clip = read_clip(path, size=tracker.input_size)
+        t = time.perf_counter()
+        tracker.track(clip, grid_size=args.grid)
+        model_s.append(time.perf_counter() - t)
+    gpu_only = float(np.sum(model_s))
+    frames_total = 0
+    for path in paths:
+        frames_total += ptf.video_metadata(path).total_frame_count
+    print(f"GPU-only {gpu_only:.2f} s for {len(paths)} videos ({frames_total} frames)",
+          flush=True)
+
+    results = []
+    cpus = os.cpu_count() or 2
+    for row in rows:
+        name = f"throughput-{row}-{uuid.uuid4().hex[:6]}"
+        ds = ptf.create_dataset(args.video_dir, name, overwrite=True, persistent=True)
+        n = len(ds)
+        stop_cmds: list = []
+        entry: dict = {"row": row}
+        try:
+            with GpuMonitor() as mon:
+                t = time.perf_counter()
+                if row == "seed":
+                    n = args.seed_videos
+                    view = ds.limit(n)
+                    seed_loop(view, args.reference, state_dict, args.grid, args.device)
+                else:
+                    options: dict = {}
+                    backend = {"sequential": "sequential", "pipelined": "local"}.get(row, "ray")
+                    address = None
+                    if backend == "local":
+                        options = {"loaders": args.loaders,
+                                   "store_processes": args.store_processes}
+                    if backend == "ray":
+                        address, stop_cmds = ray_cluster(row, cpus)
+                    summary = ptf.track_dataset(ds, tracker, "tracks", grid_size=args.grid,
+                                                backend=backend, ray_address=address,
+                                                runner_options=options, progress=False)
+                    assert len(summary.done) == n, summary
+                seconds = time.perf_counter() - t
+            keypoints = len(ds.limit(n).values("frames.tracks.keypoints.id", unwind=True))
+            gpu_share = float(np.sum(model_s[:n]))
+            entry.update(
+                videos=n, seconds=seconds, videos_per_min=60 * n / seconds,
+                keypoints=keypoints, gpu_only_s=gpu_share, e2e_over_gpu_only=seconds / gpu_share,
+                gpu_busy_nvml=mon.busy,
+            )
+        except Exception as e:  # noqa: BLE001 -- a failed row is reported, the rest still run
+            entry["error"] = f"{type(e).__name__}: {e}"
+        finally:
+            for cmd in stop_cmds:
+                subprocess.run(cmd, capture_output=True)
+            if row.startswith("ray"):
+                import ray
+
+                ray.shutdown()
+            ds.delete()
+        results.append(entry)
+        print(json.dumps(entry), flush=True)
+
+    by_row = {r["row"]: r for r in results if "seconds" in r}
+    table = ["| row | videos | s | videos/min | end-to-end / GPU-only | GPU busy |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        if "seconds" not in r:
+            table.append(f"| {r['row']} | failed: {r['error']} | | | | |")
+            continue
+        busy = "-" if r["gpu_busy_nvml"] is None else f"{100 * r['gpu_busy_nvml']:.0f}%"
+        table.append(f"| {r['row']} | {r['videos']} | {r['seconds']:.1f} | "
+                     f"{r['videos_per_min']:.1f} | {r['e2e_over_gpu_only']:.2f} | {busy} |")
+    ratios = {}
+    if "pipelined" in by_row:
+        rate = by_row["pipelined"]["videos_per_min"]
+        for other in ("sequential", "seed"):
+            if other in by_row:
+                ratios[f"pipelined_over_{other}"] = rate / by_row[other]["videos_per_min"]
+    print("\n".join(table))
+    print(json.dumps(ratios))
+
+    gpu_name = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    report = {
+        "benchmark": "dataset_throughput",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+        "gpu": gpu_name,
+        "cpus": cpus,
+        "torch": torch.__version__,
+        "fiftyone": fo.__version__,
+        "pointtrack": getattr(pointtrack, "__version__", None),
+        "platform": platform.platform(),
+        "videos": len(paths),
+        "frames": frames_total,
+        "size": list(size),
+        "grid": args.grid,
+        "precision": args.precision,
+        "warmup_s": warmup,
+        "gpu_only_s": gpu_only,
+        "model_s": model_s,
+        "rows": results,
+        "ratios": ratios,
+        "table": table,
+    }
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
