@@ -8,15 +8,18 @@ One run, the same videos for every row (a fresh FiftyOne dataset per row):
   slow that it runs on the first ``--seed-videos`` videos only; its rate is per video.
 - ``sequential``: ``track_dataset(backend="sequential")``: decode, track, store, one by one.
 - ``pipelined``: ``track_dataset()`` (the default local runner).
+- ``pipelined-2``: the same with two copies of the model on the GPU, each tracking on a
+  thread of its own (one's kernel launches overlap the other's GPU work).
 - ``ray``: ``track_dataset(backend="ray")`` on a local Ray cluster, one actor per GPU.
+- ``ray-2actors``: two actors per GPU (``num_gpus=0.5``), each a process of its own.
 - ``ray-2nodes``: the same on a cluster of two Ray nodes on this host (``ray start --head``
   with the GPUs plus ``ray start --address`` with CPUs only), as a multi-node stand-in.
 
 Also measured: the model-only time of every video (frames already decoded, in host memory),
 whose sum is the "GPU-only" time; each row reports end-to-end / GPU-only and the GPU's busy
 fraction (NVML utilisation sampled every 50 ms during the row). The tracker is loaded and
-compiled once before the rows (one warm-up video); Ray actors load and compile their own and
-that time is in their rows (reported separately as ``startup_s``, where measurable).
+compiled once before the rows (one warm-up video); Ray actors load and compile theirs in a
+warm-up run on one video (``keep_actors=True``), timed apart as ``startup_s``.
 
 Synthetic weights (speed does not depend on their values); the clips are `pointtrack.synthetic`
 photos under camera motion with moving textured objects, H.264 854x480, 80-150 frames.
@@ -46,7 +49,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-ROWS = ("seed", "sequential", "pipelined", "ray", "ray-2nodes")
+ROWS = ("seed", "sequential", "pipelined", "pipelined-2", "ray", "ray-2actors", "ray-2nodes")
 
 
 def _make_one(task: tuple) -> str:
@@ -194,6 +197,16 @@ def main() -> None:
     tracker.track(read_clip(paths[0], size=tracker.input_size), grid_size=args.grid)
     warmup = time.perf_counter() - t
     print(f"warm-up (load + compile) {warmup:.1f} s", flush=True)
+    copies = []
+
+    def second_tracker():
+        """A second copy of the model, loaded and compiled before the row's clock starts."""
+        if not copies:
+            other = load_tracker("cotracker3-offline", checkpoint=str(checkpoint),
+                                 device=args.device, precision=args.precision, progress=False)
+            other.track(read_clip(paths[0], size=other.input_size), grid_size=args.grid)
+            copies.append(other)
+        return copies[0]
 
     # GPU-only: the model on frames already decoded, video by video.
     model_s = []
@@ -217,6 +230,8 @@ def main() -> None:
         n = len(ds)
         stop_cmds: list = []
         entry: dict = {"row": row}
+        if row == "pipelined-2":
+            second_tracker()
         try:
             with GpuMonitor() as mon:
                 t = time.perf_counter()
@@ -226,14 +241,28 @@ def main() -> None:
                     seed_loop(view, args.reference, state_dict, args.grid, args.device)
                 else:
                     options: dict = {}
-                    backend = {"sequential": "sequential", "pipelined": "local"}.get(row, "ray")
+                    backend = "ray" if row.startswith("ray") else (
+                        "sequential" if row == "sequential" else "local")
                     address = None
+                    engines = tracker
                     if backend == "local":
                         options = {"loaders": args.loaders,
                                    "store_processes": args.store_processes}
+                        if row == "pipelined-2":
+                            engines = [tracker, second_tracker()]
                     if backend == "ray":
                         address, stop_cmds = ray_cluster(row, cpus)
-                    summary = ptf.track_dataset(ds, tracker, "tracks", grid_size=args.grid,
+                        options = {"keep_actors": True}
+                        if row == "ray-2actors":
+                            options.update(num_actors=2, num_gpus=0.5)
+                        warm = ptf.track_dataset(ds.limit(1), tracker, "warmup",
+                                                 grid_size=args.grid, backend=backend,
+                                                 ray_address=address, runner_options=options,
+                                                 progress=False)
+                        assert len(warm.done) == 1, warm
+                        entry["startup_s"] = time.perf_counter() - t
+                        t = time.perf_counter()
+                    summary = ptf.track_dataset(ds, engines, "tracks", grid_size=args.grid,
                                                 backend=backend, ray_address=address,
                                                 runner_options=options, progress=False)
                     assert len(summary.done) == n, summary

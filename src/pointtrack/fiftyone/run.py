@@ -163,7 +163,7 @@ BACKENDS = ("local", "sequential", "ray")
 
 def track_dataset(
     samples,
-    tracker: Tracker,
+    tracker: Tracker | list[Tracker],
     label_field: str = "tracks",
     *,
     grid_size: int = 10,
@@ -215,6 +215,8 @@ def track_dataset(
     if isinstance(samples, ClipsView):
         raise DatasetError("clip views are not supported: track the videos' dataset or a view")
     dataset = _root_dataset(samples)
+    # Several trackers (copies of one engine) track side by side in the local runner.
+    first = tracker[0] if isinstance(tracker, list | tuple) else tracker
     prompt_name = check_prompt_field(dataset, prompt_field) if prompt_field else None
     if prompt_name is not None and queries is not None:
         raise PromptError("give either queries or a prompt field, not both")
@@ -234,7 +236,7 @@ def track_dataset(
     work = SampleWork(
         dataset_name=dataset.name,
         label_field=label_field,
-        input_size=tracker.input_size,
+        input_size=first.input_size,
         sampling=dict(every=every, fps=fps, max_frames=max_frames),
         grid_size=grid_size,
         queries=None if queries is None else np.asarray(queries, dtype=np.float64),
@@ -279,13 +281,13 @@ def track_dataset(
     try:
         with Heartbeat(work.claims):
             if backend == "sequential":
-                run_sequential(jobs, work, tracker, on_outcome=record, **options)
+                run_sequential(jobs, work, first, on_outcome=record, **options)
             elif backend == "local":
                 run_local(jobs, work, tracker, on_outcome=record, **options)
             else:
                 from ..runners.ray import run_ray
 
-                run_ray(jobs, work, tracker, address=ray_address, on_outcome=record, **options)
+                run_ray(jobs, work, first, address=ray_address, on_outcome=record, **options)
     finally:
         bar.close()
         try:

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -162,7 +163,7 @@ def _store_pool(processes: int) -> Executor:
 def run_local(
     jobs: Iterable[Job],
     work: Work,
-    tracker: Tracker,
+    tracker: Tracker | Sequence[Tracker],
     *,
     loaders: int = 2,
     prefetch: int = 2,
@@ -174,12 +175,20 @@ def run_local(
     memory; this thread tracks; stores run behind on a thread (``store_processes=0``) or in
     that many spawned processes (default: `default_store_processes`), with at most two per
     store worker waiting. Results are identical to `run_sequential`.
+
+    ``tracker`` may be several engines (say two copies of one model on one GPU): each tracks
+    on a thread of its own, so one's CPU work (kernel launches, host copies) overlaps
+    another's GPU work.
     """
+    trackers = list(tracker) if isinstance(tracker, list | tuple) else [tracker]
     run = _Run(work, on_outcome)
     if store_processes is None:
-        store_processes = default_store_processes(tracker)
+        store_processes = default_store_processes(trackers[0])
     waiting_stores = 2 * max(store_processes, 1)
     todo = iter(jobs)
+    lock = threading.Lock()  # guards the queues, the claims and the outcome bookkeeping
+    aborted: list[BaseException] = []
+    pid = os.getpid()
     with ThreadPoolExecutor(loaders, thread_name_prefix="pointtrack-load") as load_pool, \
             _store_pool(store_processes) as store_pool:
         loads: deque[tuple[Job, Future]] = deque()
@@ -192,35 +201,66 @@ def run_local(
                     return
                 run.skipped(job)
 
-        def finish_store() -> None:
-            job, seconds, future = stores.popleft()
+        def next_loaded() -> tuple[Job, Future] | None:
+            with lock:
+                return loads.popleft() if loads and not aborted else None
+
+        def finish_store(job: Job, seconds: dict, future: Future) -> None:
             try:
                 seconds["store"] = future.result()
             except Exception as e:  # noqa: BLE001
-                run.failed(job, e, os.getpid())
+                with lock:
+                    run.failed(job, e, pid)
                 return
-            run.done(job, seconds, os.getpid())
+            with lock:
+                run.done(job, seconds, pid)
 
-        for _ in range(loaders + prefetch):
-            load_next()
-        while loads:
-            job, future = loads.popleft()
+        def finish_stores(keep: int) -> None:
+            while True:
+                with lock:
+                    if not stores or (len(stores) <= keep and not stores[0][2].done()):
+                        return
+                    item = stores.popleft()
+                finish_store(*item)
+
+        def track_all(tracker: Tracker) -> None:
             try:
-                loaded, t_load = future.result()
-                load_next()  # decoding of the next job overlaps this one's tracking
-                result, t_track = _timed(work.track, tracker, job, loaded)
-                del loaded
-            except Exception as e:  # noqa: BLE001
+                while (item := next_loaded()) is not None:
+                    job, future = item
+                    try:
+                        loaded, t_load = future.result()
+                        with lock:
+                            load_next()  # decoding of the next job overlaps this tracking
+                        result, t_track = _timed(work.track, tracker, job, loaded)
+                        del loaded
+                    except Exception as e:  # noqa: BLE001
+                        with lock:
+                            load_next()
+                            run.failed(job, e, pid)
+                        continue
+                    stored = store_pool.submit(_stored, work, job, result)
+                    del result
+                    with lock:
+                        stores.append((job, {"load": t_load, "track": t_track}, stored))
+                    finish_stores(waiting_stores)
+            except BaseException as e:  # noqa: BLE001 -- RunAborted: every thread stops
+                with lock:
+                    aborted.append(e)
+
+        with lock:
+            for _ in range(loaders + prefetch + len(trackers) - 1):
                 load_next()
-                run.failed(job, e, os.getpid())
-                continue
-            stores.append((job, {"load": t_load, "track": t_track},
-                           store_pool.submit(_stored, work, job, result)))
-            del result
-            while len(stores) > waiting_stores or (stores and stores[0][2].done()):
-                finish_store()
-        while stores:
-            finish_store()
+        others = [threading.Thread(target=track_all, args=(t,), name="pointtrack-track")
+                  for t in trackers[1:]]
+        for thread in others:
+            thread.start()
+        track_all(trackers[0])
+        for thread in others:
+            thread.join()
+        if not aborted:
+            finish_stores(0)
+    if aborted:
+        raise aborted[0]
     return run.outcomes
 
 

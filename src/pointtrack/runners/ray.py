@@ -91,23 +91,42 @@ def _store(work: Work, job: Job, result: Any) -> float:
 
 
 class _TrackerActor:
-    def __init__(self, spec: Any, work: Work) -> None:
-        self.work = work
+    """Holds one loaded tracker; runs `Work.track` for any run that sends it jobs."""
+
+    def __init__(self, spec: Any) -> None:
         try:
             self.tracker = _build(spec)
             self.error = None
         except Exception as e:  # noqa: BLE001 -- reported by the first call, which aborts
             self.error = error_message(e)
 
-    def track(self, job: Job, loaded: tuple[Any, float]) -> tuple[Any, dict]:
+    def track(self, work: Work, job: Job, loaded: tuple[Any, float]) -> tuple[Any, dict]:
         if self.error is not None:  # no job could be tracked: stop the run
             raise RunAborted(f"the tracker could not be built on a Ray worker: {self.error}")
         value, t_load = loaded
         t = time.perf_counter()
-        result = self.work.track(self.tracker, job, value)
+        result = work.track(self.tracker, job, value)
         meta = {"seconds": {"load": t_load, "track": time.perf_counter() - t},
                 "worker": os.getpid()}
         return result, meta
+
+
+#: Actors kept by ``keep_actors=True``, with the spec they were built from (which must stay
+#: in the object store for Ray to restart them): (id(tracker), gpus, count) -> (spec, actors).
+_kept: dict[tuple, tuple[Any, list]] = {}
+
+
+def _actors(ray, tracker: Tracker, num_actors: int, num_gpus: float, keep: bool) -> list:
+    key = (id(tracker), num_gpus, num_actors, ray.get_runtime_context().get_job_id())
+    if key in _kept:
+        return _kept[key][1]
+    actor_class = ray.remote(num_cpus=1, num_gpus=num_gpus, max_restarts=MAX_RESTARTS,
+                             max_task_retries=MAX_RESTARTS)(_TrackerActor)
+    spec = ray.put(tracker_spec(tracker))
+    actors = [actor_class.remote(spec) for _ in range(num_actors)]
+    if keep:
+        _kept[key] = (spec, actors)
+    return actors
 
 
 def _cause(e: BaseException) -> BaseException:
@@ -125,6 +144,7 @@ def run_ray(
     num_actors: int | None = None,
     num_gpus: float | None = None,
     prefetch: int = 2,
+    keep_actors: bool = False,
     on_outcome: OnOutcome | None = None,
 ) -> list[Outcome]:
     """Run ``jobs`` on a Ray cluster: at ``address`` (``"auto"``: the one ``ray start``
@@ -134,6 +154,8 @@ def run_ray(
         num_actors: tracker actors; default one per GPU of the cluster, else half its CPUs.
         num_gpus: GPUs per actor; default 1 where the cluster has GPUs, else 0.
         prefetch: jobs queued on each actor beyond the one it tracks.
+        keep_actors: keep the actors (their models loaded and compiled) for the next run
+            with this tracker, instead of ending them.
     """
     ray = import_ray()
     from ray.exceptions import RayActorError, RayTaskError
@@ -155,10 +177,8 @@ def run_ray(
 
     load = ray.remote(num_cpus=1)(_load)
     store = ray.remote(num_cpus=1)(_store)
-    actor_class = ray.remote(num_cpus=1, num_gpus=num_gpus, max_restarts=MAX_RESTARTS,
-                             max_task_retries=MAX_RESTARTS)(_TrackerActor)
-    spec = ray.put(tracker_spec(tracker))
-    actors = [actor_class.remote(spec, work) for _ in range(num_actors)]
+    actors = _actors(ray, tracker, num_actors, num_gpus, keep_actors)
+    work_ref = ray.put(work)
 
     run = _Run(work, on_outcome)
     todo = deque(jobs)
@@ -174,7 +194,7 @@ def run_ray(
                     run.skipped(job)
                     continue
                 result, meta = actor.track.options(num_returns=2).remote(
-                    job, load.remote(work, job))
+                    work_ref, job, load.remote(work_ref, job))
                 tracking[meta] = (job, i, result)
                 queued[i] += 1
 
@@ -197,7 +217,7 @@ def run_ray(
                                              f"({error_message(e).splitlines()[0]})")
                     run.failed(job, cause)
                 else:
-                    storing[store.remote(work, job, result)] = (job, meta)
+                    storing[store.remote(work_ref, job, result)] = (job, meta)
                 submit()
             else:
                 job, meta = storing.pop(ref)
@@ -211,6 +231,7 @@ def run_ray(
                     continue
                 run.done(job, meta["seconds"], meta["worker"])
     finally:
-        for actor in actors:
-            ray.kill(actor)
+        if not keep_actors:
+            for actor in actors:
+                ray.kill(actor)
     return run.outcomes
