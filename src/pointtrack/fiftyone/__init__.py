@@ -5,9 +5,11 @@
 - `datasets`: create and load video datasets, App colours.
 - `run`: `track_dataset`, the runner glue (skip done samples, record errors, resume).
 - `model`: `TrackerModel` for ``apply_model``.
+- `evaluation`: `evaluate_tracks`, TAP-Vid metrics as a FiftyOne evaluation run.
 """
 
 from .datasets import color_scheme, create_dataset, load_dataset, video_metadata
+from .evaluation import TrackEvaluationResults, evaluate_tracks
 from .labels import (
     KEYPOINT_ATTRIBUTES,
     DatasetError,
@@ -29,6 +31,7 @@ __all__ = [
     "KEYPOINT_ATTRIBUTES",
     "DatasetError",
     "Sources",
+    "TrackEvaluationResults",
     "TrackSummary",
     "TrackerModel",
     "add_tracks",
@@ -36,6 +39,7 @@ __all__ = [
     "color_scheme",
     "create_dataset",
     "error_field",
+    "evaluate_tracks",
     "load_dataset",
     "prepare_fields",
     "prompts_from_label",
