@@ -10,7 +10,7 @@ import os
 import sys
 
 # Subcommand modules, in the order `pointtrack --help` lists them.
-_COMMANDS = ["track", "dataset", "eval", "preprocess", "demo"]
+_COMMANDS = ["track", "dataset", "eval", "plot", "preprocess", "demo"]
 
 
 class CLIError(Exception):
