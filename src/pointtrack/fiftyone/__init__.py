@@ -5,6 +5,7 @@
 - `datasets`: create and load video datasets, App colours.
 - `run`: `track_dataset`, the runner glue (skip done samples, record errors, resume).
 - `model`: `TrackerModel` for ``apply_model``.
+- `zoo`: the FiftyOne zoo model source (`register_zoo_source`).
 - `evaluation`: `evaluate_tracks`, TAP-Vid metrics as a FiftyOne evaluation run.
 """
 
@@ -26,6 +27,7 @@ from .labels import (
 from .model import TrackerModel
 from .prompts import check_prompt_field, prompts_from_label
 from .run import TrackSummary, track_dataset
+from .zoo import register_zoo_source
 
 __all__ = [
     "KEYPOINT_ATTRIBUTES",
@@ -43,6 +45,7 @@ __all__ = [
     "load_dataset",
     "prepare_fields",
     "prompts_from_label",
+    "register_zoo_source",
     "result_field",
     "sources_from_sample",
     "track_dataset",
