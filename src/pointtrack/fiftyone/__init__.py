@@ -6,6 +6,7 @@
 - `run`: `track_dataset`, the runner glue (skip done samples, record errors, resume).
 - `model`: `TrackerModel` for ``apply_model``.
 - `zoo`: the FiftyOne zoo model source (`register_zoo_source`).
+- `overlays`: `add_overlays`, overlay videos beside the originals (a grouped dataset).
 - `evaluation`: `evaluate_tracks`, TAP-Vid metrics as a FiftyOne evaluation run.
 """
 
@@ -25,6 +26,7 @@ from .labels import (
     tracks_to_frames,
 )
 from .model import TrackerModel
+from .overlays import OverlaySummary, add_overlays
 from .prompts import check_prompt_field, prompts_from_label
 from .run import TrackSummary, track_dataset
 from .zoo import register_zoo_source
@@ -33,9 +35,11 @@ __all__ = [
     "KEYPOINT_ATTRIBUTES",
     "DatasetError",
     "Sources",
+    "OverlaySummary",
     "TrackEvaluationResults",
     "TrackSummary",
     "TrackerModel",
+    "add_overlays",
     "add_tracks",
     "check_prompt_field",
     "color_scheme",
