@@ -119,6 +119,14 @@ def test_bad_fields_write_nothing(scored_dataset):
         ptf.evaluate_tracks(ds, "tracks", "ground_truth", eval_key="bad", query_mode="last")
     assert ds.list_evaluations() == before
     assert not ds.has_sample_field("bad_aj")
+    # A key already used for other fields is refused, and its run stays as it was.
+    ptf.evaluate_tracks(ds, "tracks", "ground_truth", eval_key="taken")
+    values = ds.values("taken_aj")
+    with pytest.raises(ptf.DatasetError, match="taken"):
+        ptf.evaluate_tracks(ds, "sparse", "ground_truth", eval_key="taken")
+    assert ds.values("taken_aj") == values
+    assert ds.get_evaluation_info("taken").config.pred_field == "tracks"
+    ds.delete_evaluation("taken")
 
 
 def test_cli_eval_dataset_stores_the_run(scored_dataset, capsys, tmp_path):

@@ -74,7 +74,10 @@ def evaluate_tracks(
 
     config = TrackEvaluationConfig(pred_field, gt_field, query_mode=query_mode)
     method = config.build()
-    method.register_run(samples, eval_key)
+    try:
+        method.register_run(samples, eval_key)
+    except ValueError as e:  # the key holds another kind of run, or other fields
+        raise DatasetError(str(e)) from e
     method.register_samples(samples, eval_key)
     results = TrackEvaluationResults(samples, config, eval_key, average_metrics(
         s["metrics"] for s in scored), scored, skipped, backend=method)
