@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 import uuid
 
 import fiftyone as fo
@@ -14,6 +15,7 @@ import pytest
 import torch
 from conftest import textured_frames
 
+import pointtrack
 import pointtrack.fiftyone as ptf
 from pointtrack.models.cotracker3 import CoTracker3Offline, CoTracker3Online
 from pointtrack.models.weights import (
@@ -83,6 +85,9 @@ def test_source_lists_the_three_models_and_is_removed(zoo):
 def test_lk_through_the_zoo_and_apply_model(zoo, videos):
     model = foz.load_zoo_model("lk", grid_size=3, every=2)
     assert isinstance(model, ptf.TrackerModel) and model.media_type == "video"
+    # FiftyOne registers the zoo module in sys.modules under the source's name: it must not
+    # take the place of the pointtrack package.
+    assert sys.modules["pointtrack"] is pointtrack and hasattr(pointtrack, "__version__")
     assert model.grid_size == 3 and model.sampling["every"] == 2
     videos.apply_model(model, label_field="zoo")
     lk = load_tracker("lk")

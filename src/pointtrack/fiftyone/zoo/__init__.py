@@ -1,9 +1,10 @@
 """pointtrack's trackers as a FiftyOne zoo model source (remotely-sourced model format).
 
 ``manifest.json`` beside this file lists ``cotracker3-offline``, ``cotracker3-online`` and
-``lk``. `register_zoo_source` installs this directory into ``fo.config.model_zoo_dir`` the way
-``foz.register_zoo_model_source`` installs a downloaded source (FiftyOne's own function only
-fetches GitHub repositories and archives over the network), after which::
+``lk``. `register_zoo_source` installs this directory into
+``fo.config.model_zoo_dir/pointtrack-models`` the way ``foz.register_zoo_model_source``
+installs a downloaded source (FiftyOne's own function only fetches GitHub repositories and
+archives over the network), after which::
 
     model = foz.load_zoo_model("cotracker3-offline", grid_size=20, every=2)
     dataset.apply_model(model, label_field="tracks")
@@ -41,6 +42,8 @@ def register_zoo_source(overwrite: bool = True) -> str:
     import fiftyone.zoo.models as fozm
 
     manifest = json.loads((SOURCE_DIR / "manifest.json").read_text())
+    # FiftyOne imports the module as sys.modules[<name>]: "pointtrack-models", a name no
+    # importable package can have, so that it never shadows the pointtrack package.
     target = Path(fo.config.model_zoo_dir) / manifest["name"]
     url = SOURCE_DIR.as_uri()
     if target.is_dir() and not overwrite:
