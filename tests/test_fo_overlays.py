@@ -44,6 +44,8 @@ def test_groups_have_both_slices_and_overlays_show_the_tracks(tracked, tmp_path)
     assert groups.name == f"{tracked.name}-overlays" and groups.media_type == "group"
     assert sorted(groups.group_slices) == ["original", "overlay"]
     assert groups.default_group_slice == "original"
+    # What `pointtrack app NAME-overlays` checks before opening it: the keypoint frame field.
+    assert "tracks" in groups.get_frame_field_schema()
     assert len(summary.rendered) == 2 and summary.skipped == []
     group_ids = groups.distinct("group.id")
     assert len(group_ids) == 2
