@@ -10,7 +10,10 @@ import os
 import sys
 
 # Subcommand modules, in the order `pointtrack --help` lists them.
-_COMMANDS = ["track", "dataset", "eval", "preprocess", "demo"]
+_COMMANDS = ["track", "dataset", "eval", "plot", "preprocess", "demo"]
+# Actions of ``pointtrack dataset`` kept in modules of their own: each has
+# ``register_action(actions)`` taking the dataset command's sub-parsers.
+_DATASET_ACTIONS = ["overlays"]
 
 
 class CLIError(Exception):
@@ -34,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # a subcommand not built yet
             raise
         module.register(sub)
+    if "dataset" in sub.choices:
+        actions = next(a for a in sub.choices["dataset"]._actions
+                       if isinstance(a, argparse._SubParsersAction))
+        for name in _DATASET_ACTIONS:
+            importlib.import_module(f".{name}", __name__).register_action(actions)
     return parser
 
 

@@ -1,0 +1,133 @@
+"""The overlays grouped dataset in the FiftyOne App, in a real browser: the grid shows the
+``original`` slice, and a sample's modal shows its group with both slices side by side.
+
+The App server runs in a subprocess on the test's MongoDB, as in test_app_browser.py.
+Screenshot: ``app_overlays.png`` in ``$POINTTRACK_TEST_ARTIFACTS``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+
+import pytest
+from conftest import textured_frames
+from test_app_browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    PAGE_TIMEOUT_MS,
+    SERVER_START_S,
+    _artifacts,
+    _free_port,
+    _image,
+    _tail,
+)
+
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} missing")
+
+NUM_VIDEOS = 2
+
+
+@pytest.fixture
+def overlays_url(tmp_path):
+    import fiftyone as fo
+
+    import pointtrack.fiftyone as ptf
+    from pointtrack.trackers import load_tracker
+    from pointtrack.video import write_video
+
+    folder = tmp_path / "videos"
+    for i in range(NUM_VIDEOS):
+        write_video(folder / f"v{i}.mp4", textured_frames(10, size=(320, 240), seed=i), fps=10)
+    source = ptf.create_dataset(folder, f"pt-app-ov-{uuid.uuid4().hex[:8]}")
+    source.persistent = True  # the server process must see the datasets
+    ptf.track_dataset(source, load_tracker("lk"), "tracks", grid_size=4, progress=False)
+    groups = ptf.add_overlays(source, "tracks", tmp_path / "overlays").dataset
+    port = _free_port()
+    log = open(tmp_path / "server.log", "wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "fiftyone.server.main", "--port", str(port),
+         "--address", "127.0.0.1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"App server exited with {server.returncode}:\n{_tail(tmp_path)}")
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"App server not up after {SERVER_START_S} s:\n{_tail(tmp_path)}")
+            time.sleep(0.5)
+        yield f"{url}/datasets/{groups.name}"
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait(15)
+        log.close()
+        for name in (groups.name, source.name):
+            if fo.dataset_exists(name):
+                fo.delete_dataset(name)
+
+
+def test_app_shows_original_and_overlay_side_by_side(overlays_url):
+    from playwright.sync_api import expect, sync_playwright
+
+    wait = {"timeout": PAGE_TIMEOUT_MS}
+    failure = _artifacts() / "app_overlays_failure.png"
+    failure.unlink(missing_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=60_000)
+        page = browser.new_page(viewport={"width": 1280, "height": 720})
+        page.set_default_timeout(PAGE_TIMEOUT_MS)
+        page.route("**/*", lambda route: route.continue_()
+                   if route.request.url.startswith(("http://127.0.0.1", "data:", "blob:"))
+                   else route.abort())
+        try:
+            page.goto(overlays_url)
+            # The grid: one tile per group (the default slice, original), keypoints listed.
+            expect(page.locator('[data-cy="sidebar-field-frames.tracks"]')).to_be_visible(**wait)
+            canvases = page.locator('[data-cy="looker"] canvas[canvas-loaded="true"]')
+            expect(canvases).to_have_count(NUM_VIDEOS, **wait)
+            dismiss = page.get_by_role("button", name="Dismiss")
+            if dismiss.count():
+                dismiss.first.click()
+            page.locator('[data-cy="looker"]').first.click()
+            # The modal: the group's carousel holds both slices.
+            carousel = page.locator('[data-cy="group-carousel"]')
+            expect(carousel).to_be_visible(**wait)
+            tiles = carousel.locator("canvas")
+            expect(tiles).to_have_count(2, **wait)
+            deadline = time.monotonic() + PAGE_TIMEOUT_MS / 1000
+            while True:  # both tiles drawn (video texture, not a flat placeholder)
+                spread = [float(_image(tiles.nth(i).screenshot()).std()) for i in range(2)]
+                if min(spread) > 8:  # the texture is low-contrast; a placeholder is flat
+                    break
+                assert time.monotonic() < deadline, f"carousel tiles blank: std {spread}"
+                page.wait_for_timeout(1000)
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(_artifacts() / "app_overlays.png"))
+            carousel_text = carousel.inner_text()
+            text = page.locator("body").inner_text()
+        except Exception:
+            page.screenshot(path=str(failure))
+            raise
+        finally:
+            browser.close()
+    assert "overlay" in carousel_text  # the overlay slice's tile is labelled in the carousel
+    assert "original" in text  # the slice shown, named in the modal's header
