@@ -254,7 +254,8 @@ def main() -> None:
                         address, stop_cmds = ray_cluster(row, cpus)
                         options = {"keep_actors": True}
                         if row == "ray-2actors":
-                            options.update(num_actors=2, num_gpus=0.5)
+                            options.update(num_actors=2, num_gpus=0.5 if args.device == "cuda"
+                                           else 0)
                         warm = ptf.track_dataset(ds.limit(1), tracker, "warmup",
                                                  grid_size=args.grid, backend=backend,
                                                  ray_address=address, runner_options=options,

@@ -80,7 +80,11 @@ class SampleWork:
     claims: Claims
 
     def dataset(self) -> fo.Dataset:
-        return fo.load_dataset(self.dataset_name)  # one object per process (FiftyOne caches it)
+        dataset = fo.load_dataset(self.dataset_name)  # one object per process (cached)
+        if not dataset.has_field(result_field(self.label_field)):
+            # A worker that served an earlier run holds the schema of that time.
+            dataset.reload()
+        return dataset
 
     def _is_done(self, sample_id: str) -> bool:
         done = self.dataset().select(sample_id).values(

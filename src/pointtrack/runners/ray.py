@@ -117,7 +117,8 @@ _kept: dict[tuple, tuple[Any, list]] = {}
 
 
 def _actors(ray, tracker: Tracker, num_actors: int, num_gpus: float, keep: bool) -> list:
-    key = (id(tracker), num_gpus, num_actors, ray.get_runtime_context().get_job_id())
+    context = ray.get_runtime_context()  # a new cluster may reuse a job id, not its address
+    key = (id(tracker), num_gpus, num_actors, context.gcs_address, context.get_job_id())
     if key in _kept:
         return _kept[key][1]
     actor_class = ray.remote(num_cpus=1, num_gpus=num_gpus, max_restarts=MAX_RESTARTS,
@@ -174,6 +175,12 @@ def run_ray(
         num_gpus = 1 if gpus else 0
     if num_actors is None:
         num_actors = max(1, int(gpus // num_gpus) if num_gpus else int(resources["CPU"]) // 2)
+    # Ray would wait for ever for resources the cluster does not have.
+    if num_gpus * num_actors > gpus:
+        raise ValueError(f"{num_actors} actors x {num_gpus} GPUs: the Ray cluster has {gpus}")
+    if num_actors + 1 > resources.get("CPU", 0):
+        raise ValueError(f"{num_actors} actors need {num_actors + 1} CPUs (one each, one to "
+                         f"decode and store): the Ray cluster has {resources.get('CPU', 0):g}")
 
     load = ray.remote(num_cpus=1)(_load)
     store = ray.remote(num_cpus=1)(_store)
