@@ -1,0 +1,211 @@
+"""The FiftyOne plugin (plugins/pointtrack): discovered by FiftyOne, its operators run
+programmatically, delegated, and from the App in headless Chromium, on real encoded videos and
+the real MongoDB."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import fiftyone as fo
+import fiftyone.operators as foo
+import numpy as np
+import pytest
+from fiftyone.operators.delegated import DelegatedOperationService
+from fiftyone.operators.executor import ExecutionContext, ExecutionError, ExecutionRunState
+
+from pointtrack.cli.eval_dataset import aligned
+from pointtrack.fiftyone import create_dataset, track_dataset, tracks_from_sample
+from pointtrack.metrics import compute_tapvid_metrics
+from pointtrack.trackers import load_tracker
+from pointtrack.video import write_video
+
+from conftest import textured_frames
+
+PLUGINS_DIR = Path(__file__).resolve().parents[1] / "plugins"
+PLUGIN = "@pointtrack/pointtrack"
+TRACK = f"{PLUGIN}/track_points"
+EVALUATE = f"{PLUGIN}/evaluate_tracks"
+NUM_VIDEOS, NUM_FRAMES = 2, 8
+
+
+@pytest.fixture(autouse=True)
+def plugins_dir(monkeypatch):
+    """FiftyOne finds plugins under ``fo.config.plugins_dir`` (``FIFTYONE_PLUGINS_DIR``)."""
+    monkeypatch.setattr(fo.config, "plugins_dir", str(PLUGINS_DIR))
+
+
+@pytest.fixture
+def videos(tmp_path):
+    """A dataset of 2 encoded videos x 8 frames of a texture moving by (2, 1) px a frame."""
+    for i in range(NUM_VIDEOS):
+        write_video(tmp_path / f"v{i}.mp4", textured_frames(NUM_FRAMES, seed=i), fps=10)
+    dataset = create_dataset(tmp_path, f"pointtrack-test-plugin-{uuid.uuid4().hex[:8]}",
+                             persistent=False)
+    yield dataset
+    dataset.delete()
+
+
+def _run(dataset, params, **ctx):
+    return foo.execute_operator(TRACK, ctx={"dataset": dataset, "params": params, **ctx})
+
+
+def _assert_same_tracks(dataset, field_a, field_b, ids=None):
+    dataset.reload()
+    for sample in dataset.select(ids) if ids else dataset:
+        a, b = tracks_from_sample(sample, field_a), tracks_from_sample(sample, field_b)
+        np.testing.assert_array_equal(a.xy, b.xy)
+        np.testing.assert_array_equal(a.visible, b.visible)
+        np.testing.assert_array_equal(a.frame_numbers, b.frame_numbers)
+    points_a = dataset.values(f"frames.{field_a}.keypoints.points")
+    assert points_a == dataset.values(f"frames.{field_b}.keypoints.points")
+    assert sum(p is not None for video in points_a for p in video) > 0
+
+
+def test_fiftyone_discovers_the_plugin():
+    assert PLUGIN in [p.name for p in fo.plugins.list_plugins()]
+    uris = [op.uri for op in foo.list_operators()]
+    assert TRACK in uris and EVALUATE in uris
+    op = foo.get_operator(TRACK)
+    assert op.config.label == "Track points"
+    assert op.config.allow_delegated_execution and op.config.allow_immediate_execution
+
+
+def test_form_offers_prompt_fields_and_engine_options(videos):
+    sample = videos.first()
+    sample.frames[1]["boxes"] = fo.Detections(detections=[
+        fo.Detection(label="a", bounding_box=[0.2, 0.2, 0.4, 0.4])])
+    sample.frames[1]["note"] = "not a label"
+    sample.save()
+    op = foo.get_operator(TRACK)
+
+    def form(params):
+        ctx = ExecutionContext(request_params={"dataset_name": videos.name, "params": params})
+        return op.resolve_input(ctx).type.properties
+
+    props = form({})
+    assert props["prompt_field"].type.values == ["boxes"]  # frame labels that can prompt only
+    assert list(props["engine"].type.values) == ["lk", "cotracker3-offline", "cotracker3-online"]
+    assert "checkpoint" not in props and "every" in props and "fps" not in props
+    props = form({"engine": "cotracker3-offline", "sampling": "fps"})
+    assert "checkpoint" in props and "fps" in props and "every" not in props
+
+
+def test_track_points_writes_what_track_dataset_writes(videos):
+    params = {"engine": "lk", "grid_size": 4, "sampling": "every", "every": 2,
+              "label_field": "plug"}
+    result = _run(videos, params)
+    assert result.result["tracked"] == NUM_VIDEOS and result.result["failed"] == 0
+    summary = track_dataset(videos, load_tracker("lk"), "direct", grid_size=4, every=2,
+                            progress=False)
+    assert len(summary.done) == NUM_VIDEOS
+    _assert_same_tracks(videos, "plug", "direct")
+    assert tracks_from_sample(videos.first(), "plug").frame_numbers.tolist() == [0, 2, 4, 6]
+    # The per-track colour scheme is saved on the dataset for the App.
+    scheme = videos.app_config.color_scheme
+    assert scheme.color_by == "instance" and scheme.fields[0]["path"] == "frames.plug"
+
+    # Resumable like the runner: a second run skips both videos unless overwrite.
+    assert _run(videos, params).result["skipped"] == NUM_VIDEOS
+    assert _run(videos, {**params, "overwrite": True}).result["tracked"] == NUM_VIDEOS
+
+
+def test_track_points_on_selected_samples_with_fps_and_prompts(videos):
+    first_id = videos.first().id
+    for sample in videos:
+        sample.frames[1]["boxes"] = fo.Detections(detections=[
+            fo.Detection(label="a", bounding_box=[0.25, 0.25, 0.5, 0.5])])
+        sample.save()
+    params = {"engine": "lk", "grid_size": 3, "prompt_field": "boxes", "sampling": "fps",
+              "fps": 5.0, "max_frames": 3, "label_field": "plug",
+              "view_target": "SELECTED_SAMPLES"}
+    result = _run(videos, params, selected=[first_id])
+    assert result.result["tracked"] == 1
+    track_dataset(videos.select(first_id), load_tracker("lk"), "direct", grid_size=3,
+                  prompt_field="boxes", fps=5.0, max_frames=3, progress=False)
+    assert videos.exists("plug_result").values("id") == [first_id]
+    _assert_same_tracks(videos, "plug", "direct", ids=[first_id])
+    tracks = tracks_from_sample(videos.first(), "plug")
+    assert tracks.num_tracks == 9 and tracks.frame_numbers.tolist() == [0, 2, 4]
+
+
+def test_delegated_run_gives_the_same_tracks(videos):
+    result = _run(videos, {"engine": "lk", "grid_size": 4, "label_field": "plug"},
+                  request_delegation=True)
+    assert result.delegated
+    assert not videos.has_sample_field("plug_result")  # queued, not run
+    service = DelegatedOperationService()
+    op_id = result.result["id"]
+    assert service.get(op_id).run_state == ExecutionRunState.QUEUED
+
+    service.execute_queued_operations(operator=TRACK, dataset_name=videos.name)
+    doc = service.get(op_id)
+    assert doc.run_state == ExecutionRunState.COMPLETED, doc.result
+    assert doc.status.progress == 1.0 and doc.status.label == f"{NUM_VIDEOS}/{NUM_VIDEOS} videos"
+    assert doc.result.result["tracked"] == NUM_VIDEOS
+    track_dataset(videos, load_tracker("lk"), "direct", grid_size=4, progress=False)
+    _assert_same_tracks(videos, "plug", "direct")
+
+
+def test_delegate_input_forces_delegation(videos):
+    result = _run(videos, {"engine": "lk", "label_field": "plug", "delegate": True})
+    assert result.delegated
+    DelegatedOperationService().delete_operation(result.result["id"])
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    # FiftyOne's own form validation names the input; the rest come from pointtrack.
+    ({"engine": "nope"}, "Path: engine. Reason: Invalid enum value"),
+    ({"engine": "lk", "checkpoint": "x.pth"}, "engine 'lk' takes no checkpoint"),
+    ({"engine": "lk", "label_field": "boxes"}, "holds Detections, not Keypoints"),
+    ({"engine": "lk", "prompt_field": "nothing"}, "Path: prompt_field. Reason: Invalid enum"),
+    ({"engine": "lk", "grid_size": 0}, "Path: grid_size"),
+])
+def test_bad_input_is_one_clear_error_and_writes_nothing(videos, params, message):
+    sample = videos.first()
+    sample.frames[1]["boxes"] = fo.Detections()
+    sample.save()
+    with pytest.raises(ExecutionError, match=message):
+        _run(videos, {"label_field": "plug", **params})
+    videos.reload()
+    assert not videos.has_sample_field("plug_result")
+    assert not videos.exists("frames.plug").count() if videos.has_frame_field("plug") else True
+
+
+def test_track_points_needs_videos(tmp_path):
+    dataset = fo.Dataset(f"pointtrack-test-plugin-{uuid.uuid4().hex[:8]}")
+    try:
+        with pytest.raises(ExecutionError, match="no_videos"):
+            _run(dataset, {"engine": "lk"})
+    finally:
+        dataset.delete()
+
+
+def test_evaluate_tracks(videos):
+    _run(videos, {"engine": "lk", "grid_size": 4, "label_field": "gt"})
+    _run(videos, {"engine": "lk", "grid_size": 4, "sampling": "every", "every": 2,
+                  "label_field": "pred"})
+
+    # Against itself: perfect on every metric.
+    same = foo.execute_operator(EVALUATE, ctx={"dataset": videos, "params": {
+        "pred_field": "gt", "gt_field": "gt", "eval_key": "self"}}).result
+    assert same == {"num_samples": NUM_VIDEOS, "aj": 1.0, "delta_avg": 1.0, "oa": 1.0}
+
+    # Sampled predictions against the full tracks: the TAP-Vid mean over the videos.
+    out = foo.execute_operator(EVALUATE, ctx={"dataset": videos, "params": {
+        "pred_field": "pred", "gt_field": "gt", "query_mode": "strided"}}).result
+    per_video = [compute_tapvid_metrics(*aligned(tracks_from_sample(s, "pred"),
+                                                 tracks_from_sample(s, "gt")), "strided")
+                 for s in videos]
+    assert out["num_samples"] == NUM_VIDEOS
+    assert out["aj"] == pytest.approx(np.mean([m["average_jaccard"] for m in per_video]))
+    assert out["oa"] == pytest.approx(np.mean([m["occlusion_accuracy"] for m in per_video]))
+    assert videos.values("eval_aj") == pytest.approx([m["average_jaccard"] for m in per_video])
+
+
+def test_evaluate_tracks_without_comparable_tracks(videos):
+    _run(videos, {"engine": "lk", "grid_size": 4, "label_field": "a"})
+    _run(videos, {"engine": "lk", "grid_size": 3, "label_field": "b"})
+    with pytest.raises(ExecutionError, match="no sample has comparable 'a' and 'b' tracks"):
+        foo.execute_operator(EVALUATE, ctx={"dataset": videos, "params": {
+            "pred_field": "a", "gt_field": "b"}})
