@@ -11,6 +11,7 @@ import fiftyone as fo
 import fiftyone.operators as foo
 import numpy as np
 import pytest
+from conftest import textured_frames
 from fiftyone.operators.delegated import DelegatedOperationService
 from fiftyone.operators.executor import ExecutionContext, ExecutionError, ExecutionRunState
 
@@ -19,8 +20,6 @@ from pointtrack.fiftyone import create_dataset, track_dataset, tracks_from_sampl
 from pointtrack.metrics import compute_tapvid_metrics
 from pointtrack.trackers import load_tracker
 from pointtrack.video import write_video
-
-from conftest import textured_frames
 
 PLUGINS_DIR = Path(__file__).resolve().parents[1] / "plugins"
 PLUGIN = "@pointtrack/pointtrack"
