@@ -208,3 +208,170 @@ def test_evaluate_tracks_without_comparable_tracks(videos):
     with pytest.raises(ExecutionError, match="no sample has comparable 'a' and 'b' tracks"):
         foo.execute_operator(EVALUATE, ctx={"dataset": videos, "params": {
             "pred_field": "a", "gt_field": "b"}})
+
+
+# -- the App, in headless Chromium ---------------------------------------------------------------
+
+
+@pytest.fixture
+def app_with_plugin(videos, tmp_path):
+    """URL of an App server that loads the repo's plugins (``FIFTYONE_PLUGINS_DIR``) and shows
+    ``videos`` (made persistent: the server process must see it); the server is stopped after."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from test_app_browser import SERVER_START_S, _free_port
+
+    videos.persistent = True
+    port = _free_port()
+    log_path = tmp_path / "server.log"
+    env = {**os.environ, "FIFTYONE_PLUGINS_DIR": str(PLUGINS_DIR)}
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "fiftyone.server.main", "--port", str(port),
+             "--address", "127.0.0.1"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+        )
+    url = f"http://127.0.0.1:{port}"
+
+    def tail() -> str:
+        return log_path.read_text(errors="replace")[-3000:]
+
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"App server exited with {server.returncode}:\n{tail()}")
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"App server not up after {SERVER_START_S} s:\n{tail()}")
+            time.sleep(0.5)
+        yield f"{url}/datasets/{videos.name}", tail
+    finally:
+        if server.poll() is None:  # the server's own process group: it and any child it made
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait(15)
+
+
+def test_track_points_from_the_app(videos, app_with_plugin, artifacts_dir):
+    import shutil
+    import time
+
+    from playwright.sync_api import expect, sync_playwright
+    from test_app_browser import CHROMIUM, CHROMIUM_ARGS, PAGE_TIMEOUT_MS, _image
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} missing: run scripts/install_test_tools.sh")
+    url, server_log = app_with_plugin
+    wait = {"timeout": PAGE_TIMEOUT_MS}
+    failure = artifacts_dir / "plugin_failure.png"
+    failure.unlink(missing_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=60_000)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.set_default_timeout(PAGE_TIMEOUT_MS)
+        page.route("**/*", lambda route: route.continue_()
+                   if route.request.url.startswith(("http://127.0.0.1", "data:", "blob:"))
+                   else route.abort())
+        try:
+            page.goto(url)
+            tiles = page.locator('[data-cy="looker"]')
+            expect(page.locator('[data-cy="looker"] canvas[canvas-loaded="true"]')).to_have_count(
+                NUM_VIDEOS, **wait)
+            dismiss = page.get_by_role("button", name="Dismiss")  # an "Enterprise" pop-up
+            if dismiss.count():
+                dismiss.first.click()
+
+            # The operator browser (backtick) lists both operators when searching "track".
+            page.mouse.click(640, 60)
+            page.keyboard.press("`")
+            operators = page.locator('[data-cy="operators-browser"]')
+            expect(operators).to_be_visible(**wait)
+            page.keyboard.type("track")
+            expect(operators.get_by_text("Track points", exact=True)).to_be_visible()
+            expect(operators.get_by_text("Evaluate tracks", exact=True)).to_be_visible()
+            page.screenshot(path=str(artifacts_dir / "plugin_browser.png"))
+
+            # Its form, with the defaults: lk, a 10 x 10 grid, into frames.tracks.
+            operators.get_by_text("Track points", exact=True).click()
+            prompt = page.locator('[data-cy="operators-prompt-modal"]')
+            expect(prompt).to_be_visible(**wait)
+            expect(prompt.get_by_text("Engine")).to_be_visible(**wait)
+            expect(prompt.get_by_text("Output field")).to_be_visible()
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(artifacts_dir / "plugin_prompt.png"))
+            prompt.get_by_role("button", name="Execute").click()
+
+            # The run writes the keypoints to MongoDB...
+            deadline = time.monotonic() + PAGE_TIMEOUT_MS / 1000
+            while len(videos.exists("tracks_result")) < NUM_VIDEOS:
+                assert time.monotonic() < deadline, f"no tracks written:\n{server_log()}"
+                page.wait_for_timeout(1000)  # not time.sleep: the page's routes must be served
+            videos.reload()
+            assert videos.count("frames.tracks") == NUM_VIDEOS * NUM_FRAMES
+
+            # The operator's output: what was tracked.
+            expect(prompt.get_by_text("Videos tracked")).to_be_visible(**wait)
+            expect(prompt).to_contain_text(f"tracks: {NUM_VIDEOS} tracked, 0 skipped")
+            page.screenshot(path=str(artifacts_dir / "plugin_output.png"))
+            prompt.get_by_role("button", name="Close").click()
+            expect(prompt).to_be_hidden()
+
+            # ... and the reloaded grid lists and draws them.
+            field = page.locator('[data-cy="sidebar-field-frames.tracks"]')
+            expect(field).to_be_visible(**wait)
+            expect(page.locator('[data-cy="looker"] canvas[canvas-loaded="true"]')).to_have_count(
+                NUM_VIDEOS, **wait)
+            page.mouse.move(700, 780)
+            page.wait_for_timeout(2000)
+            tile = tiles.first
+            with_tracks = _image(tile.screenshot())
+            checkbox = page.locator('[data-cy="checkbox-frames.tracks"]')
+            expect(checkbox.locator("input")).to_be_checked()
+            checkbox.click()
+            expect(checkbox.locator("input")).not_to_be_checked()
+            page.wait_for_timeout(1500)
+            without = _image(tile.screenshot())
+            checkbox.click()
+            page.wait_for_timeout(1500)
+            again = _image(tile.screenshot())
+            page.screenshot(path=str(artifacts_dir / "plugin_grid.png"))
+        except Exception:
+            page.screenshot(path=str(failure))
+            raise
+        finally:
+            browser.close()
+    changed = np.abs(with_tracks - without).max(axis=2) > 40
+    restored = np.abs(with_tracks - again).max(axis=2) > 40
+    print(f"pixels changed by hiding frames.tracks: {changed.sum()}, after showing it again: "
+          f"{restored.sum()}")
+    assert changed.sum() > 20 * 10, "hiding frames.tracks changed nothing on the tile"
+    assert restored.sum() < changed.sum() / 4, "showing frames.tracks again did not restore it"
+    # One colour per track (the colour scheme the operator set), not one for the whole field.
+    from matplotlib.colors import rgb_to_hsv
+
+    cores = np.abs(with_tracks - without).max(axis=2) > 100  # the points' centres
+    hsv = rgb_to_hsv(with_tracks[cores] / 255.0)
+    hues = (hsv[hsv[:, 1] > 0.5, 0] * 12).astype(int)  # saturated pixels, 12 hue bins
+    bins = np.bincount(hues, minlength=12)
+    print(f"keypoint pixels per hue bin: {bins.tolist()}")
+    assert (bins >= 15).sum() >= 4, f"keypoints drawn in too few colours: {bins.tolist()}"
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    shutil.copy(artifacts_dir / "plugin_prompt.png", docs / "plugin.png")
+
+    # What the App's run wrote is what the runner writes with the form's defaults.
+    track_dataset(videos, load_tracker("lk"), "direct", grid_size=10, progress=False)
+    _assert_same_tracks(videos, "tracks", "direct")

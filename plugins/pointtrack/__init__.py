@@ -109,8 +109,11 @@ class TrackPoints(foo.Operator):
             max_frames=p.get("max_frames") or None,
             overwrite=bool(p.get("overwrite")),
         )
-        ptf.color_scheme(field, ctx.dataset)  # saved on the dataset: the App reads it on reload
+        # Saved on the dataset (for later sessions) and set in this App session.
+        scheme = ptf.color_scheme(field, ctx.dataset)
         ctx.trigger("reload_dataset")
+        ctx.trigger("set_color_scheme", {"color_by": scheme.color_by, "fields": scheme.fields,
+                                         "show_keypoint_skeletons": scheme.show_skeletons})
         return {"tracked": len(summary.done), "skipped": len(summary.skipped),
                 "failed": len(summary.failed), "summary": str(summary)}
 
@@ -119,7 +122,7 @@ class TrackPoints(foo.Operator):
         outputs.int("tracked", label="Videos tracked")
         outputs.int("skipped", label="Skipped (already tracked)")
         outputs.int("failed", label="Failed (error on the sample)")
-        outputs.str("summary", label="Summary", view=types.CodeView())
+        outputs.str("summary", label="Summary")
         return types.Property(outputs, view=types.View(label="Track points"))
 
 
