@@ -70,6 +70,31 @@ def test_fiftyone_discovers_the_plugin():
     assert op.config.allow_delegated_execution and op.config.allow_immediate_execution
 
 
+def test_installed_with_fiftyone_plugins_create(tmp_path, monkeypatch, videos):
+    """The documented install: ``fiftyone plugins create`` copies the plugin into the user's
+    plugins directory, where FiftyOne finds it and runs it."""
+    import os
+    import subprocess
+    import sys
+
+    plugins = tmp_path / "fiftyone-plugins"
+    env = {**os.environ, "FIFTYONE_PLUGINS_DIR": str(plugins)}
+    created = subprocess.run(
+        [str(Path(sys.executable).parent / "fiftyone"), "plugins", "create", PLUGIN,
+         # Files, not the directory: fiftyone 1.22 cannot copy a directory into the plugin
+         # directory it has just made (FileExistsError).
+         "--from-files", *(str(PLUGINS_DIR / "pointtrack" / f)
+                           for f in ("fiftyone.yml", "__init__.py"))],
+        env=env, capture_output=True, text=True,
+    )
+    assert created.returncode == 0, created.stderr
+    monkeypatch.setattr(fo.config, "plugins_dir", str(plugins))
+    found = {p.name: p.directory for p in fo.plugins.list_plugins()}
+    assert Path(found[PLUGIN]).is_relative_to(plugins)
+    result = _run(videos, {"engine": "lk", "grid_size": 2, "label_field": "plug"})
+    assert result.result["tracked"] == NUM_VIDEOS
+
+
 def test_form_offers_prompt_fields_and_engine_options(videos):
     sample = videos.first()
     sample.frames[1]["boxes"] = fo.Detections(detections=[
@@ -128,6 +153,27 @@ def test_track_points_on_selected_samples_with_fps_and_prompts(videos):
     assert tracks.num_tracks == 9 and tracks.frame_numbers.tolist() == [0, 2, 4]
 
 
+def test_track_points_with_cotracker3_and_a_checkpoint_file(videos, tmp_path):
+    """The checkpoint input reaches the engine (synthetic weights: the tracks mean nothing
+    about the video, but they are the runner's tracks bit for bit)."""
+    import torch
+
+    from pointtrack.models.cotracker3 import CoTracker3Offline
+    from pointtrack.models.weights import model_shapes, synthetic_state_dict
+
+    checkpoint = tmp_path / "synthetic_offline.pth"
+    torch.save(synthetic_state_dict(model_shapes(CoTracker3Offline()), seed=0), checkpoint)
+    first = videos.first().id  # one video of 2 frames: CoTracker3 on 2 CPU cores is slow
+    params = {"engine": "cotracker3-offline", "checkpoint": str(checkpoint), "grid_size": 2,
+              "max_frames": 2, "label_field": "plug", "view_target": "SELECTED_SAMPLES"}
+    assert _run(videos, params, selected=[first]).result["tracked"] == 1
+    tracker = load_tracker("cotracker3-offline", checkpoint=str(checkpoint))
+    track_dataset(videos.select(first), tracker, "direct", grid_size=2, max_frames=2,
+                  progress=False)
+    _assert_same_tracks(videos, "plug", "direct", ids=[first])
+    assert tracks_from_sample(videos.first(), "plug").tracker == "cotracker3-offline"
+
+
 def test_delegated_run_gives_the_same_tracks(videos):
     result = _run(videos, {"engine": "lk", "grid_size": 4, "label_field": "plug"},
                   request_delegation=True)
@@ -146,6 +192,38 @@ def test_delegated_run_gives_the_same_tracks(videos):
     _assert_same_tracks(videos, "plug", "direct")
 
 
+def test_fiftyone_delegated_launch_runs_it(videos, tmp_path):
+    """The documented way to run queued runs: a ``fiftyone delegated launch`` service."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    result = _run(videos, {"engine": "lk", "grid_size": 3, "label_field": "plug"},
+                  request_delegation=True)
+    service = DelegatedOperationService()
+    env = {**os.environ, "FIFTYONE_PLUGINS_DIR": str(PLUGINS_DIR)}
+    with open(tmp_path / "launch.log", "wb") as log:
+        launcher = subprocess.Popen(
+            [str(Path(sys.executable).parent / "fiftyone"), "delegated", "launch"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while service.get(result.result["id"]).run_state not in ExecutionRunState.TERMINAL_STATES:
+            assert launcher.poll() is None, (tmp_path / "launch.log").read_text()
+            assert time.monotonic() < deadline, (tmp_path / "launch.log").read_text()
+            time.sleep(0.5)
+    finally:
+        os.killpg(launcher.pid, signal.SIGTERM)
+        launcher.wait(15)
+    doc = service.get(result.result["id"])
+    assert doc.run_state == ExecutionRunState.COMPLETED, doc.result
+    track_dataset(videos, load_tracker("lk"), "direct", grid_size=3, progress=False)
+    _assert_same_tracks(videos, "plug", "direct")
+
+
 def test_delegate_input_forces_delegation(videos):
     result = _run(videos, {"engine": "lk", "label_field": "plug", "delegate": True})
     assert result.delegated
@@ -159,6 +237,8 @@ def test_delegate_input_forces_delegation(videos):
     ({"engine": "lk", "label_field": "boxes"}, "holds Detections, not Keypoints"),
     ({"engine": "lk", "prompt_field": "nothing"}, "Path: prompt_field. Reason: Invalid enum"),
     ({"engine": "lk", "grid_size": 0}, "Path: grid_size"),
+    ({"engine": "cotracker3-offline", "checkpoint": "/no/such.pth"},
+     "checkpoint '/no/such.pth' is neither a file nor a URL"),
 ])
 def test_bad_input_is_one_clear_error_and_writes_nothing(videos, params, message):
     sample = videos.first()

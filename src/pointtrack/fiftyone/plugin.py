@@ -57,7 +57,10 @@ def build_tracker(engine: str, checkpoint: str | None = None, device: str | None
             options["device"] = device
     elif checkpoint:
         raise ValueError(f"engine {engine!r} takes no checkpoint")
-    return load_tracker(engine, **options)
+    tracker = load_tracker(engine, **options)
+    if engine.startswith("cotracker3"):
+        _ = tracker.model  # load the weights now: a bad checkpoint is one error, not one a video
+    return tracker
 
 
 def track_with_progress(
