@@ -309,7 +309,9 @@ def app_with_plugin(videos, tmp_path):
     videos.persistent = True
     port = _free_port()
     log_path = tmp_path / "server.log"
-    env = {**os.environ, "FIFTYONE_PLUGINS_DIR": str(PLUGINS_DIR)}
+    # Legacy orchestrators: how open-source FiftyOne lets the App queue delegated runs.
+    env = {**os.environ, "FIFTYONE_PLUGINS_DIR": str(PLUGINS_DIR),
+           "FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS": "true"}
     with open(log_path, "wb") as log:
         server = subprocess.Popen(
             [sys.executable, "-m", "fiftyone.server.main", "--port", str(port),
@@ -429,6 +431,25 @@ def test_track_points_from_the_app(videos, app_with_plugin, artifacts_dir):
             page.wait_for_timeout(1500)
             again = _image(tile.screenshot())
             page.screenshot(path=str(artifacts_dir / "plugin_grid.png"))
+
+            # "Delegate" in the form queues the run for `fiftyone delegated launch`.
+            page.keyboard.press("`")
+            expect(operators).to_be_visible(**wait)
+            page.keyboard.type("track points")
+            operators.get_by_text("Track points", exact=True).click()
+            expect(prompt.get_by_text("Delegate", exact=True)).to_be_visible(**wait)
+            prompt.get_by_text("Delegate", exact=True).click()
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(artifacts_dir / "plugin_delegate.png"))
+            prompt.get_by_role("button", name="Schedule").click()
+            service = DelegatedOperationService()
+            deadline = time.monotonic() + PAGE_TIMEOUT_MS / 1000
+            while not service.list_operations(dataset_name=videos.name, operator=TRACK):
+                assert time.monotonic() < deadline, f"nothing queued:\n{server_log()}"
+                page.wait_for_timeout(1000)
+            queued = service.list_operations(dataset_name=videos.name, operator=TRACK)
+            assert [op.run_state for op in queued] == [ExecutionRunState.QUEUED]
+            assert queued[0].context.request_params["params"]["delegate"] is True
         except Exception:
             page.screenshot(path=str(failure))
             raise
