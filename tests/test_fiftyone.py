@@ -150,7 +150,7 @@ def test_include_occluded_and_rewrite_leaves_nothing_stale(dataset):
 
 
 def test_result_over_mongo_limit_spills_to_file(dataset, monkeypatch):
-    monkeypatch.setattr(ptf, "_MAX_DOC_BYTES", 1000)  # stand-in for 15 MB
+    monkeypatch.setattr(ptf.labels, "_MAX_DOC_BYTES", 1000)  # stand-in for 15 MB
     tracks = random_tracks(T=6, N=30, seed=4)
     sources = ptf.Sources(label=["a"] * 30, id=["x"] * 30, index=np.arange(30))
     with pytest.raises(ValueError, match="over MongoDB's 16 MB"):

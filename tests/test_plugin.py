@@ -366,7 +366,9 @@ def app_with_plugin(videos, tmp_path):
 
 
 def test_track_points_from_the_app(videos, app_with_plugin, artifacts_dir):
-    import shutil
+    """Screenshots in $POINTTRACK_TEST_ARTIFACTS: plugin_browser.png (the operator browser),
+    plugin_prompt.png (the form; docs/plugin.png is a copy), plugin_output.png, plugin_grid.png,
+    plugin_delegate.png."""
     import time
 
     from playwright.sync_api import expect, sync_playwright
@@ -487,8 +489,6 @@ def test_track_points_from_the_app(videos, app_with_plugin, artifacts_dir):
     bins = np.bincount(hues, minlength=12)
     print(f"keypoint pixels per hue bin: {bins.tolist()}")
     assert (bins >= 15).sum() >= 4, f"keypoints drawn in too few colours: {bins.tolist()}"
-    docs = Path(__file__).resolve().parents[1] / "docs"
-    shutil.copy(artifacts_dir / "plugin_prompt.png", docs / "plugin.png")
 
     # What the App's run wrote is what the runner writes with the form's defaults.
     track_dataset(videos, load_tracker("lk"), "direct", grid_size=10, progress=False)
