@@ -110,9 +110,11 @@ def test_form_offers_prompt_fields_and_engine_options(videos):
     props = form({})
     assert props["prompt_field"].type.values == ["boxes"]  # frame labels that can prompt only
     assert list(props["engine"].type.values) == ["lk", "cotracker3-offline", "cotracker3-online"]
-    assert "checkpoint" not in props and "every" in props and "fps" not in props
+    assert "checkpoint" not in props and "device" not in props
+    assert "every" in props and "fps" not in props
     props = form({"engine": "cotracker3-offline", "sampling": "fps"})
     assert "checkpoint" in props and "fps" in props and "every" not in props
+    assert props["device"].default == "auto" and props["precision"].default == "fp32"
 
 
 def test_track_points_writes_what_track_dataset_writes(videos):
@@ -167,7 +169,7 @@ def test_track_points_with_cotracker3_and_a_checkpoint_file(videos, tmp_path):
     params = {"engine": "cotracker3-offline", "checkpoint": str(checkpoint), "grid_size": 2,
               "max_frames": 2, "label_field": "plug", "view_target": "SELECTED_SAMPLES"}
     assert _run(videos, params, selected=[first]).result["tracked"] == 1
-    tracker = load_tracker("cotracker3-offline", checkpoint=str(checkpoint))
+    tracker = load_tracker("cotracker3-offline", checkpoint=str(checkpoint), device="cpu")
     track_dataset(videos.select(first), tracker, "direct", grid_size=2, max_frames=2,
                   progress=False)
     _assert_same_tracks(videos, "plug", "direct", ids=[first])
@@ -251,6 +253,7 @@ def test_delegate_input_forces_delegation(videos):
     # FiftyOne's own form validation names the input; the rest come from pointtrack.
     ({"engine": "nope"}, "Path: engine. Reason: Invalid enum value"),
     ({"engine": "lk", "checkpoint": "x.pth"}, "engine 'lk' takes no checkpoint"),
+    ({"engine": "cotracker3-online", "device": "tpu"}, "Path: device. Reason: Invalid enum"),
     ({"engine": "lk", "label_field": "boxes"}, "holds Detections, not Keypoints"),
     ({"engine": "lk", "prompt_field": "nothing"}, "Path: prompt_field. Reason: Invalid enum"),
     ({"engine": "lk", "grid_size": 0}, "Path: grid_size"),

@@ -62,6 +62,11 @@ class TrackPoints(foo.Operator):
                 inputs.str("checkpoint", label="Checkpoint",
                            description="A path, URL or registry name (default: the official "
                                        "weights for this engine)")
+                inputs.enum("device", plugin.DEVICES, default="auto", label="Device",
+                            description="auto: a GPU where the run happens to have one",
+                            view=types.RadioGroup())
+                inputs.enum("precision", plugin.PRECISIONS, default="fp32", label="Precision",
+                            description="bf16: the fast GPU path", view=types.RadioGroup())
             inputs.int("grid_size", default=10, min=1, label="Grid size",
                        description="N x N points over each frame, or per box/mask when "
                                    "prompted")
@@ -89,12 +94,11 @@ class TrackPoints(foo.Operator):
 
     def execute(self, ctx):
         p = ctx.params
-        tracker = plugin.build_tracker(p.get("engine") or "lk", p.get("checkpoint"))
-        every = fps = None
-        if (p.get("sampling") or "every") == "fps":
-            fps = p.get("fps")
-        else:
-            every = p.get("every") or 1
+        engine = p.get("engine") or "lk"
+        cotracker = {} if engine == "lk" else {"device": p.get("device") or "auto",
+                                               "precision": p.get("precision")}
+        tracker = plugin.build_tracker(engine, p.get("checkpoint"), **cotracker)
+        by_fps = p.get("sampling") == "fps"
         field = p.get("label_field") or "tracks"
         summary = plugin.track_with_progress(
             ctx.target_view(),
@@ -104,8 +108,8 @@ class TrackPoints(foo.Operator):
                 done / total, label=f"{done}/{total} videos"),
             grid_size=p.get("grid_size") or 10,
             prompt_field=p.get("prompt_field") or None,
-            every=every or 1,
-            fps=fps,
+            every=1 if by_fps else p.get("every") or 1,
+            fps=p.get("fps") if by_fps else None,
             max_frames=p.get("max_frames") or None,
             overwrite=bool(p.get("overwrite")),
         )

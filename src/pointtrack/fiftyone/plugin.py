@@ -19,6 +19,8 @@ from .prompts import _PROMPT_TYPES
 from .run import TrackSummary, track_dataset
 
 ENGINES = ("lk", "cotracker3-offline", "cotracker3-online")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
 PROGRESS_STEPS = 20  # progress updates per run: each is one `track_dataset` call on a chunk
 
 
@@ -44,22 +46,20 @@ def tracks_fields(samples) -> list[str]:
     )
 
 
-def build_tracker(engine: str, checkpoint: str | None = None, device: str | None = None) -> Tracker:
-    """The tracker ``engine``; ``checkpoint`` and ``device`` apply to CoTracker3 engines only.
-    Raises `ValueError` naming the problem."""
+def build_tracker(engine: str, checkpoint: str | None = None, device: str | None = None,
+                  precision: str | None = None) -> Tracker:
+    """The tracker ``engine``; ``checkpoint``, ``device`` and ``precision`` apply to CoTracker3
+    engines only, whose weights are loaded here. Raises `ValueError` naming the problem."""
     if engine not in list_trackers():
         raise ValueError(f"unknown engine {engine!r}; available: {', '.join(list_trackers())}")
-    options = {}
-    if engine.startswith("cotracker3"):
-        if checkpoint:
-            options["checkpoint"] = checkpoint
-        if device:
-            options["device"] = device
-    elif checkpoint:
-        raise ValueError(f"engine {engine!r} takes no checkpoint")
+    options = {"checkpoint": checkpoint, "device": device, "precision": precision}
+    options = {k: v for k, v in options.items() if v}
+    if not engine.startswith("cotracker3"):
+        if options:
+            raise ValueError(f"engine {engine!r} takes no {', '.join(options)}")
+        return load_tracker(engine)
     tracker = load_tracker(engine, **options)
-    if engine.startswith("cotracker3"):
-        _ = tracker.model  # load the weights now: a bad checkpoint is one error, not one a video
+    _ = tracker.model  # load the weights now: a bad checkpoint is one error, not one a video
     return tracker
 
 
