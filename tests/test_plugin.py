@@ -371,7 +371,7 @@ def app_with_plugin(videos, tmp_path):
 def test_track_points_from_the_app(videos, app_with_plugin, artifacts_dir):
     """Screenshots in $POINTTRACK_TEST_ARTIFACTS: plugin_browser.png (the operator browser),
     plugin_prompt.png (the form; docs/plugin.png is a copy), plugin_output.png, plugin_grid.png,
-    plugin_delegate.png."""
+    plugin_evaluate.png, plugin_evaluate_output.png, plugin_delegate.png."""
     import time
 
     from playwright.sync_api import expect, sync_playwright
@@ -453,6 +453,26 @@ def test_track_points_from_the_app(videos, app_with_plugin, artifacts_dir):
             page.wait_for_timeout(1500)
             again = _image(tile.screenshot())
             page.screenshot(path=str(artifacts_dir / "plugin_grid.png"))
+
+            # Evaluate tracks: the tracks against themselves score 1 on every metric.
+            page.keyboard.press("`")
+            expect(operators).to_be_visible(**wait)
+            page.keyboard.type("evaluate tracks")
+            operators.get_by_text("Evaluate tracks", exact=True).click()
+            expect(prompt.get_by_text("Ground truth", exact=True)).to_be_visible(**wait)
+            for i in range(2):  # predictions, then ground truth
+                prompt.get_by_role("combobox").nth(i).click()
+                page.get_by_role("option", name="tracks", exact=True).click()
+                page.wait_for_timeout(500)
+            page.screenshot(path=str(artifacts_dir / "plugin_evaluate.png"))
+            prompt.get_by_role("button", name="Execute").click()
+            expect(prompt.get_by_text("Average Jaccard")).to_be_visible(**wait)
+            page.screenshot(path=str(artifacts_dir / "plugin_evaluate_output.png"))
+            expect(prompt).to_contain_text("Videos scored")
+            prompt.get_by_role("button", name="Close").click()
+            expect(prompt).to_be_hidden()
+            videos.reload()
+            assert videos.values("eval_aj") == [1.0] * NUM_VIDEOS
 
             # "Delegate" in the form queues the run for `fiftyone delegated launch`.
             page.keyboard.press("`")
