@@ -15,8 +15,8 @@ from conftest import textured_frames
 from fiftyone.operators.delegated import DelegatedOperationService
 from fiftyone.operators.executor import ExecutionContext, ExecutionError, ExecutionRunState
 
-from pointtrack.cli.eval_dataset import aligned
 from pointtrack.fiftyone import create_dataset, track_dataset, tracks_from_sample
+from pointtrack.fiftyone.evaluation import aligned
 from pointtrack.metrics import compute_tapvid_metrics
 from pointtrack.trackers import load_tracker
 from pointtrack.video import write_video
@@ -176,21 +176,21 @@ def test_track_points_with_cotracker3_and_a_checkpoint_file(videos, tmp_path):
     assert tracks_from_sample(videos.first(), "plug").tracker == "cotracker3-offline"
 
 
-def test_progress_comes_after_each_chunk(videos):
+def test_progress_comes_as_videos_finish(videos):
     from pointtrack.fiftyone.plugin import track_with_progress
 
     calls = []
     summary = track_with_progress(videos, load_tracker("lk"), "plug", grid_size=3,
                                   on_progress=lambda done, total: calls.append((done, total)))
-    assert calls == [(1, 2), (2, 2)]
-    assert summary.done == videos.values("id") and not summary.failed
+    assert calls == [(0, 2), (1, 2), (2, 2)]  # at the start, then as each video finishes
+    assert sorted(summary.done) == sorted(videos.values("id")) and not summary.failed
     direct = track_dataset(videos, load_tracker("lk"), "direct", grid_size=3, progress=False)
     assert direct.done == summary.done
     _assert_same_tracks(videos, "plug", "direct")
-    # An empty view: no chunks, no progress, the runner's own checks.
+    # An empty view: nothing to do, said once, after the runner's own checks.
     assert not track_with_progress(videos.limit(0), load_tracker("lk"), "plug",
                                    on_progress=lambda *a: calls.append(a)).done
-    assert len(calls) == 2
+    assert calls[3:] == [(0, 0)]
 
 
 def test_delegated_run_gives_the_same_tracks(videos):
@@ -305,7 +305,7 @@ def test_evaluate_tracks(videos):
 def test_evaluate_tracks_without_comparable_tracks(videos):
     _run(videos, {"engine": "lk", "grid_size": 4, "label_field": "a"})
     _run(videos, {"engine": "lk", "grid_size": 3, "label_field": "b"})
-    with pytest.raises(ExecutionError, match="no sample has comparable 'a' and 'b' tracks"):
+    with pytest.raises(ExecutionError, match="has comparable 'a' and 'b' tracks"):
         foo.execute_operator(EVALUATE, ctx={"dataset": videos, "params": {
             "pred_field": "a", "gt_field": "b"}})
 

@@ -170,8 +170,7 @@ class EvaluateTracks(foo.Operator):
         samples = ctx.target_view()
         pred, gt = p["pred_field"], p["gt_field"]
         eval_key, mode = p.get("eval_key") or "eval", p.get("query_mode") or "first"
-        evaluate = getattr(ptf, "evaluate_tracks", None) or _evaluate_fallback
-        evaluate(samples, pred, gt, eval_key=eval_key, query_mode=mode)
+        ptf.evaluate_tracks(samples, pred, gt, eval_key=eval_key, query_mode=mode)
         aj = f"{eval_key}_aj"
         scored = samples.exists(aj) if samples.has_field(aj) else samples.limit(0)
         if not len(scored):
@@ -187,28 +186,6 @@ class EvaluateTracks(foo.Operator):
         outputs.float("delta_avg", label="Delta avg (< 1, 2, 4, 8, 16 px)")
         outputs.float("oa", label="Occlusion accuracy")
         return types.Property(outputs, view=types.View(label="Evaluate tracks"))
-
-
-def _evaluate_fallback(samples, pred_field, gt_field, eval_key="eval", query_mode="first"):
-    """Until `pointtrack.fiftyone.evaluate_tracks` lands: the per-sample metrics of
-    ``pointtrack eval dataset`` stored as ``<eval_key>_aj`` / ``_delta_avg`` / ``_oa``."""
-    from pointtrack.cli.eval_dataset import aligned
-    from pointtrack.metrics import compute_tapvid_metrics
-
-    values = {k: {} for k in METRICS}
-    for sample in samples.exists(ptf.result_field(pred_field)).exists(
-            ptf.result_field(gt_field)):
-        try:
-            m = compute_tapvid_metrics(*aligned(ptf.tracks_from_sample(sample, pred_field),
-                                                ptf.tracks_from_sample(sample, gt_field)),
-                                       query_mode)
-        except ValueError:  # tracks that cannot be compared: left unscored, as the CLI does
-            continue
-        for k, name in METRICS.items():
-            values[k][sample.id] = m[name]
-    for k, by_id in values.items():
-        if by_id:
-            samples.set_values(f"{eval_key}_{k}", by_id, key_field="id")
 
 
 def register(p):

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import fiftyone as fo
-import numpy as np
 
 from ..trackers import list_trackers, load_tracker
 from ..trackers.base import Tracker
@@ -21,7 +20,6 @@ from .run import TrackSummary, track_dataset
 ENGINES = ("lk", "cotracker3-offline", "cotracker3-online")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
-PROGRESS_STEPS = 20  # progress updates per run: each is one `track_dataset` call on a chunk
 
 
 def prompt_fields(samples) -> list[str]:
@@ -69,27 +67,9 @@ def track_with_progress(
     label_field: str,
     *,
     on_progress: Callable[[int, int], None] | None = None,
-    steps: int = PROGRESS_STEPS,
     **options,
 ) -> TrackSummary:
-    """`track_dataset` over ``samples`` in about ``steps`` chunks of samples, calling
-    ``on_progress(samples_finished, total)`` after each; ``options`` go to `track_dataset`.
-
-    Chunks only add progress: each is the same resumable runner (done samples skipped unless
-    ``overwrite``, errors recorded per sample), and the summaries are merged in order.
-    """
-    ids = samples.values("id")
-    if not ids:  # nothing to track, but the same checks (videos, fields) as a real run
-        return track_dataset(samples, tracker, label_field, progress=False, **options)
-    summary = TrackSummary(label_field)
-    finished = 0
-    for chunk in np.array_split(np.asarray(ids), min(steps, len(ids))):
-        part = track_dataset(samples.select(list(chunk), ordered=True), tracker, label_field,
-                             progress=False, **options)
-        summary.done += part.done
-        summary.skipped += part.skipped
-        summary.failed.update(part.failed)
-        finished += len(chunk)
-        if on_progress is not None:
-            on_progress(finished, len(ids))
-    return summary
+    """`track_dataset` over ``samples``, calling ``on_progress(samples_finished, total)`` as
+    samples finish; ``options`` go to `track_dataset`."""
+    return track_dataset(samples, tracker, label_field, progress=on_progress or False,
+                         **options)

@@ -9,6 +9,7 @@ and build its prompt, track it, write its labels (`labels`), or record why it fa
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,7 +181,7 @@ def track_dataset(
     backward_tracking: bool = False,
     include_occluded: bool = False,
     overwrite: bool = False,
-    progress: bool = True,
+    progress: bool | Callable[[int, int], None] = True,
     backend: str = "local",
     ray_address: str | None = None,
     runner_options: dict | None = None,
@@ -210,6 +211,8 @@ def track_dataset(
             ``pointtrack[ray]``), at ``ray_address`` or a local one.
         runner_options: keyword arguments of the runner (e.g. ``loaders``,
             ``store_processes``; for Ray ``num_actors``, ``num_gpus``).
+        progress: a progress bar (True), none (False), or a function called with
+            ``(samples finished, samples in all)`` as samples finish.
         on_outcome: called with each `pointtrack.runners.Outcome` as samples finish.
     """
     if backend not in BACKENDS:
@@ -265,8 +268,11 @@ def track_dataset(
 
     from tqdm.auto import tqdm
 
+    report = progress if callable(progress) else None
     bar = tqdm(total=len(ids), initial=len(summary.skipped), desc=f"track {label_field}",
-               unit="video", disable=not progress)
+               unit="video", disable=report is not None or not progress)
+    if report is not None:
+        report(len(summary.skipped), len(ids))
 
     def record(outcome: Outcome) -> None:
         key = outcome.job.key
@@ -278,6 +284,8 @@ def track_dataset(
             summary.failed[key] = outcome.error or "failed"
             bar.set_postfix(failed=len(summary.failed))
         bar.update()
+        if report is not None:
+            report(len(summary.done) + len(summary.skipped) + len(summary.failed), len(ids))
         if on_outcome is not None:
             on_outcome(outcome)
 
