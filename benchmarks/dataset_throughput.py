@@ -222,8 +222,57 @@ def main() -> None:
     print(f"GPU-only {gpu_only:.2f} s for {len(paths)} videos ({frames_total} frames)",
           flush=True)
 
-    results = []
+    results: list = []
     cpus = os.cpu_count() or 2
+
+    def summarize(final: bool) -> None:
+        by_row = {r["row"]: r for r in results if "seconds" in r}
+        table = ["| row | videos | s | videos/min | end-to-end / GPU-only | GPU busy |",
+                 "| --- | --- | --- | --- | --- | --- |"]
+        for r in results:
+            if "seconds" not in r:
+                table.append(f"| {r['row']} | failed: {r['error']} | | | | |")
+                continue
+            busy = "-" if r["gpu_busy_nvml"] is None else f"{100 * r['gpu_busy_nvml']:.0f}%"
+            table.append(f"| {r['row']} | {r['videos']} | {r['seconds']:.1f} | "
+                         f"{r['videos_per_min']:.1f} | {r['e2e_over_gpu_only']:.2f} | {busy} |")
+        ratios = {}
+        for row in by_row.keys() - {"sequential", "seed"}:
+            for other in ("sequential", "seed"):
+                if other in by_row:
+                    ratios[f"{row}_over_{other}"] = (by_row[row]["videos_per_min"]
+                                                     / by_row[other]["videos_per_min"])
+        if final:
+            print("\n".join(table))
+            print(json.dumps(ratios))
+
+        gpu_name = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+        report = {
+            "benchmark": "dataset_throughput",
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv),
+            "gpu": gpu_name,
+            "cpus": cpus,
+            "torch": torch.__version__,
+            "fiftyone": fo.__version__,
+            "pointtrack": getattr(pointtrack, "__version__", None),
+            "platform": platform.platform(),
+            "videos": len(paths),
+            "frames": frames_total,
+            "size": list(size),
+            "grid": args.grid,
+            "precision": args.precision,
+            "warmup_s": warmup,
+            "gpu_only_s": gpu_only,
+            "model_s": model_s,
+            "rows": results,
+            "ratios": ratios,
+            "table": table,
+        }
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(report, indent=2) + "\n")
+
     for row in rows:
         name = f"throughput-{row}-{uuid.uuid4().hex[:6]}"
         ds = ptf.create_dataset(args.video_dir, name, overwrite=True, persistent=True)
@@ -288,51 +337,8 @@ def main() -> None:
         results.append(entry)
         print(json.dumps(entry), flush=True)
 
-    by_row = {r["row"]: r for r in results if "seconds" in r}
-    table = ["| row | videos | s | videos/min | end-to-end / GPU-only | GPU busy |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for r in results:
-        if "seconds" not in r:
-            table.append(f"| {r['row']} | failed: {r['error']} | | | | |")
-            continue
-        busy = "-" if r["gpu_busy_nvml"] is None else f"{100 * r['gpu_busy_nvml']:.0f}%"
-        table.append(f"| {r['row']} | {r['videos']} | {r['seconds']:.1f} | "
-                     f"{r['videos_per_min']:.1f} | {r['e2e_over_gpu_only']:.2f} | {busy} |")
-    ratios = {}
-    if "pipelined" in by_row:
-        rate = by_row["pipelined"]["videos_per_min"]
-        for other in ("sequential", "seed"):
-            if other in by_row:
-                ratios[f"pipelined_over_{other}"] = rate / by_row[other]["videos_per_min"]
-    print("\n".join(table))
-    print(json.dumps(ratios))
-
-    gpu_name = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    report = {
-        "benchmark": "dataset_throughput",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(sys.argv),
-        "gpu": gpu_name,
-        "cpus": cpus,
-        "torch": torch.__version__,
-        "fiftyone": fo.__version__,
-        "pointtrack": getattr(pointtrack, "__version__", None),
-        "platform": platform.platform(),
-        "videos": len(paths),
-        "frames": frames_total,
-        "size": list(size),
-        "grid": args.grid,
-        "precision": args.precision,
-        "warmup_s": warmup,
-        "gpu_only_s": gpu_only,
-        "model_s": model_s,
-        "rows": results,
-        "ratios": ratios,
-        "table": table,
-    }
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        summarize(final=False)  # what ran so far survives a time limit
+    summarize(final=True)
 
 
 if __name__ == "__main__":
