@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except _user_errors() as e:
-        print(f"pointtrack: error: {e}", file=sys.stderr)
+        # One line whatever the message: library errors (torch, FFmpeg) can span several.
+        print(f"pointtrack: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("pointtrack: interrupted", file=sys.stderr)
