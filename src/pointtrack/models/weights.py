@@ -156,7 +156,7 @@ def _read_file(path: Path) -> dict:
 
 def _load_error(e: Exception) -> str:
     """One line on why ``torch.load(weights_only=True)`` failed."""
-    if isinstance(e, pickle.UnpicklingError):
+    if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e):
         # torch's message runs over many lines and suggests weights_only=False: never that.
         first = str(e).strip().splitlines()
         detail = next((line.strip() for line in first if "GLOBAL" in line or "Unsupported" in line),
