@@ -168,6 +168,14 @@ def _load_error(e: Exception) -> str:
     return f"not a readable PyTorch checkpoint ({text[:300]})"
 
 
+def _unwrap(state: Any, where: str) -> dict:
+    if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
+        state = state["model"]  # training checkpoints wrap the weights
+    if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointError(f"{where}: not a state dict of tensors")
+    return dict(state)
+
+
 def synthetic_state_dict(shapes: Mapping[str, Sequence[int]], seed: int = 0) -> dict:
     """Deterministic random weights for the keys and ``shapes`` of a checkpoint.
 
