@@ -4,15 +4,15 @@ address. Real files, real subprocesses, real MongoDB."""
 from __future__ import annotations
 
 import errno
+import io
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from pointtrack import Tracks
 from pointtrack.models.cotracker3 import CoTracker3Offline
 from pointtrack.models.weights import (
     CheckpointError,
@@ -106,3 +106,114 @@ def test_truncated_and_wrong_checkpoints_name_the_problem(tmp_path):
     torch.save([1, 2, 3], tmp_path / "list.pth")
     with pytest.raises(CheckpointError, match="not a state dict of tensors"):
         load_state_dict(str(tmp_path / "list.pth"), "scaled_offline")
+
+
+# -- Write faults -----------------------------------------------------------------------------
+
+
+class FullDisk(io.RawIOBase):
+    """A file that takes ``room`` bytes and then fails like a full disk."""
+
+    def __init__(self, path, room: int):
+        self.file = open(path, "wb")  # noqa: SIM115 (closed by close())
+        self.room = room
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, *args) -> int:
+        return self.file.seek(*args)
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            self.file.write(bytes(data)[: self.room])  # the bytes that fit land, as on a disk
+            self.room = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.file.write(data)
+
+    def close(self) -> None:
+        self.file.close()
+        super().close()
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def job(make_video, tmp_path):
+    """A video, and outputs of which one (the .npz) exists from an earlier run."""
+    video, _ = make_video(num_frames=8, size=(96, 64))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "t.npz").write_bytes(b"an earlier run's tracks")
+    args = ["track", str(video), "--grid-size", "3", "--out", str(out / "t.npz"),
+            "--csv", str(out / "t.csv"), "--render", str(out / "r.mp4")]
+    return args, tmp_path
+
+
+@pytest.mark.parametrize("victim", [".npz", ".csv", ".mp4"])
+def test_full_disk_mid_write_leaves_nothing(job, victim, monkeypatch, capsys):
+    """Any of the three outputs fails half-way: exit 2, one line naming the file and the
+    cause, the earlier .npz untouched, no new file, no temp file."""
+    import av
+
+    import pointtrack.tracks
+    import pointtrack.video
+    from pointtrack.cli import main
+
+    args, root = job
+    before = snapshot(root)
+    failed = []
+    real_av_open = av.open
+
+    def full_open(path, mode="r", *a, **k):
+        if Path(path).suffix == victim and "w" in mode:
+            failed.append(path)
+            return io.TextIOWrapper(FullDisk(path, 300), newline="") if "b" not in mode \
+                else FullDisk(path, 300)
+        return open(path, mode, *a, **k)
+
+    def full_av_open(path, mode="r", **k):
+        if Path(str(path)).suffix == victim and mode == "w":
+            failed.append(path)
+            return real_av_open(FullDisk(path, 3000), mode="w", **k)
+        return real_av_open(path, mode, **k)
+
+    monkeypatch.setattr(pointtrack.tracks, "open", full_open, raising=False)
+    monkeypatch.setattr(pointtrack.video.av, "open", full_av_open)
+    assert main(args) == 2
+    monkeypatch.undo()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert failed, "the writer was not reached"
+    target = {".npz": "t.npz", ".csv": "t.csv", ".mp4": "r.mp4"}[victim]
+    assert len(err) == 1 and err[0].startswith("pointtrack: error: "), err
+    assert "cannot write" in err[0], err
+    assert target in err[0] and "No space left on device" in err[0], err
+    assert snapshot(root) == before  # nothing new, nothing changed, no temp file
+
+
+def test_real_full_tmpfs(make_video, tmp_path):
+    """The same on a real 64 KiB tmpfs, where the tracks of 3600 points cannot fit (root
+    only; skipped elsewhere)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        video, _ = make_video(num_frames=30, size=(320, 240))
+        r = run_cli("track", video, "--grid-size", 60, "--out", mnt / "t.npz",
+                    "--render", mnt / "r.mp4")
+        assert_clean_error(r, "cannot write", "No space left on device")
+        assert list(mnt.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)

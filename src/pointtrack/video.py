@@ -335,30 +335,36 @@ def write_video(
     rate = Fraction(fps if fps and fps > 0 else 30).limit_denominator(1001)
     count = 0
     with atomic_path(path) as tmp:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = None
-            for image in frames:
-                image = np.asarray(image)
-                if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-                    raise VideoError(f"{path}: frames must be (H, W, 3) uint8, got "
-                                     f"{image.dtype} {image.shape}")
-                h, w = image.shape[:2]
+        try:
+            with av.open(str(tmp), mode="w", format="mp4") as container:
+                stream = None
+                for image in frames:
+                    image = np.asarray(image)
+                    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                        raise VideoError(f"{path}: frames must be (H, W, 3) uint8, got "
+                                         f"{image.dtype} {image.shape}")
+                    h, w = image.shape[:2]
+                    if stream is None:
+                        stream = container.add_stream("libx264", rate=rate)
+                        stream.width, stream.height = w + w % 2, h + h % 2
+                        stream.pix_fmt = "yuv420p"
+                        stream.options = {"crf": str(crf), "preset": "veryfast"}
+                    if (w + w % 2, h + h % 2) != (stream.width, stream.height):
+                        raise VideoError(f"{path}: frame {count} is {w}x{h}, expected "
+                                         f"{stream.width}x{stream.height}")
+                    if w % 2 or h % 2:
+                        image = np.pad(image, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+                    frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+                    for packet in stream.encode(frame):
+                        container.mux(packet)
+                    count += 1
                 if stream is None:
-                    stream = container.add_stream("libx264", rate=rate)
-                    stream.width, stream.height = w + w % 2, h + h % 2
-                    stream.pix_fmt = "yuv420p"
-                    stream.options = {"crf": str(crf), "preset": "veryfast"}
-                if (w + w % 2, h + h % 2) != (stream.width, stream.height):
-                    raise VideoError(f"{path}: frame {count} is {w}x{h}, expected "
-                                     f"{stream.width}x{stream.height}")
-                if w % 2 or h % 2:
-                    image = np.pad(image, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-                frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-                for packet in stream.encode(frame):
+                    raise VideoError(f"{path}: no frames to write")
+                for packet in stream.encode():
                     container.mux(packet)
-                count += 1
-            if stream is None:
-                raise VideoError(f"{path}: no frames to write")
-            for packet in stream.encode():
-                container.mux(packet)
+        except av.error.FFmpegError as e:
+            # A full disk or a failing writer: PyAV wraps a Python file's error in a
+            # callback error, so name the cause it carries.
+            cause = e.__context__ if isinstance(e, av.error.PyAVCallbackError) else e
+            raise VideoError(f"{path}: cannot write video ({_reason(cause)})") from e
     return path

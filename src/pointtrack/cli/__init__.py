@@ -69,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
         # One line whatever the message: library errors (torch, FFmpeg) can span several.
         print(f"pointtrack: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except OSError as e:
+        # The file system's answer (a full disk, no permission): the user's to fix, and a
+        # traceback would hide the one line that says so.
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"pointtrack: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("pointtrack: interrupted", file=sys.stderr)
         return 130

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 
+from ..tracks import atomic_path
 from . import CLIError
 
 
@@ -178,6 +181,7 @@ def run_track(args: argparse.Namespace) -> int:
     tracker = load_engine(args)
     check_before_decoding(args, queries, mask)
     out = Path(args.out) if args.out else Path(Path(args.video).stem + ".tracks.npz")
+    output_paths(args, out)
 
     started = time.perf_counter()
     clip = read_clip(
@@ -199,12 +203,52 @@ def run_track(args: argparse.Namespace) -> int:
     tracks.options.setdefault("source", str(args.video))
     print(f"tracked {tracks.num_tracks} points through {tracks.num_frames} frames "
           f"in {time.perf_counter() - decoded:.1f} s ({tracks.visible.mean():.0%} visible)")
-    tracks.save(out)
-    print(f"wrote {out}")
-    if args.csv:
-        print(f"wrote {tracks.to_csv(args.csv)}")
-    if args.render:
+    write_outputs(args, tracks, out)
+    return 0
+
+
+def output_paths(args: argparse.Namespace, out: Path) -> list[Path]:
+    """The files `track` writes; an error if two are the same file or one is the input."""
+    paths = [out] + [Path(p) for p in (args.csv, args.render) if p]
+    seen = {_identity(Path(args.video)): "the input video"}
+    for path in paths:
+        key = _identity(path)
+        if key in seen:
+            raise CLIError(f"output {path} is the same file as {seen[key]}")
+        if path.is_dir():
+            raise CLIError(f"output {path} is a directory")
+        seen[key] = f"output {path}"
+    return paths
+
+
+def _identity(path: Path) -> str:
+    return os.path.normcase(os.path.realpath(path))
+
+
+def write_outputs(args: argparse.Namespace, tracks, out: Path) -> None:
+    """Write the tracks file, CSV and overlay all or nothing: each goes to a temp file beside
+    its target, and the temps are renamed into place only once all of them are written, so
+    a failure (a full disk, a bad frame while rendering) leaves no output and no temp file."""
+    from ..video import VideoError
+
+    def render(tmp: Path) -> None:
         from ..render import render_video
 
-        print(f"wrote {render_video(args.video, tracks, args.render, progress=True)}")
-    return 0
+        render_video(args.video, tracks, tmp, progress=True)
+
+    steps = [(out, tracks.save)]
+    if args.csv:
+        steps.append((Path(args.csv), tracks.to_csv))
+    if args.render:
+        steps.append((Path(args.render), render))
+    with ExitStack() as stack:
+        for target, write in steps:
+            tmp = stack.enter_context(atomic_path(target))
+            try:
+                write(tmp)
+            except OSError as e:
+                raise CLIError(f"cannot write {target}: {e.strerror or e}") from e
+            except VideoError as e:  # from the overlay: name the target, not the temp file
+                raise CLIError(str(e).replace(str(tmp), str(target))) from e
+    for target, _ in steps:
+        print(f"wrote {target}")
