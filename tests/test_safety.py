@@ -6,8 +6,12 @@ from __future__ import annotations
 import errno
 import io
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -217,3 +221,63 @@ def test_real_full_tmpfs(make_video, tmp_path):
         assert list(mnt.iterdir()) == []
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+# -- The App ----------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _connects(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def test_app_listens_on_loopback_only(make_video, tmp_path, monkeypatch):
+    """`pointtrack app` serves 127.0.0.1 only, even where FiftyOne's own default says
+    0.0.0.0: loopback connects, the machine's network address is refused."""
+    import fiftyone as fo
+    import psutil
+
+    import pointtrack.fiftyone as ptf
+    from pointtrack.trackers import load_tracker
+
+    make_video("a.mp4", num_frames=4, size=(64, 48))
+    name = f"safety-app-{uuid.uuid4().hex[:8]}"
+    dataset = ptf.create_dataset(str(tmp_path), name)
+    proc = None
+    try:
+        ptf.track_dataset(dataset, load_tracker("lk"), "tracks", grid_size=2, progress=False)
+        port = _free_port()
+        env = dict(os.environ, FIFTYONE_DEFAULT_APP_ADDRESS="0.0.0.0")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pointtrack", "app", name, "--port", str(port)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        )
+        deadline = time.time() + 120
+        while time.time() < deadline and not _connects("127.0.0.1", port):
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.5)
+        assert _connects("127.0.0.1", port)
+        listening = {c.laddr.ip for c in psutil.net_connections(kind="inet")
+                     if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+        assert listening and listening <= {"127.0.0.1", "::1"}, listening
+        others = [a.address for addrs in psutil.net_if_addrs().values() for a in addrs
+                  if a.family == socket.AF_INET and not a.address.startswith("127.")]
+        for address in others:
+            assert not _connects(address, port), address
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        fo.delete_dataset(name)
