@@ -14,6 +14,7 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -281,3 +282,77 @@ def test_app_listens_on_loopback_only(make_video, tmp_path, monkeypatch):
             except subprocess.TimeoutExpired:
                 proc.kill()
         fo.delete_dataset(name)
+
+
+# -- Memory -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def long_tiny_video(tmp_path_factory):
+    """1500 frames of 32x24: nothing to decode, but 1500 frames at CoTracker3's 512x384."""
+    from pointtrack.video import write_video
+
+    frames = np.random.default_rng(0).integers(0, 255, (1, 24, 32, 3), np.uint8)
+    path = tmp_path_factory.mktemp("long") / "long.mp4"
+    return write_video(path, (frames[0] for _ in range(1500)), fps=30)
+
+
+def test_offline_clip_too_long_for_memory_errors_before_decoding(long_tiny_video, tmp_path,
+                                                                 monkeypatch):
+    """With 4 GiB to use, 1500 offline frames (~14 GiB of features) are refused at once with
+    advice; sampled down, or online, the same clip passes the check; the process never came
+    near the memory it would have needed."""
+    ck = tmp_path / "w.pth"
+    torch.save(synthetic_state_dict(model_shapes(CoTracker3Offline())), ck)
+    env = dict(os.environ, POINTTRACK_MEMORY_LIMIT="4G")
+    out = tmp_path / "t.npz"
+    r = subprocess.run(
+        [sys.executable, "-c", "import resource, sys; from pointtrack.cli import main; "
+         "rc = main(sys.argv[1:]); "
+         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stdout); "
+         "sys.exit(rc)",
+         "track", str(long_tiny_video), "--engine", "cotracker3-offline", "--checkpoint",
+         str(ck), "--grid-size", "2", "--out", str(out)],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert_clean_error(r, "1500 frames with cotracker3-offline need about", "4.0 GiB available",
+                       "--fps", "--max-frames", "--engine cotracker3-online")
+    # Peak RSS in KiB: ~250 MiB; the decoded clip alone would be 885 MiB.
+    assert int(r.stdout.split()[-1]) < 600 * 2**10
+    assert not out.exists()
+
+    from pointtrack.trackers import PromptError, load_tracker
+    from pointtrack.video import count_kept, probe
+
+    info = probe(long_tiny_video)
+    offline = load_tracker("cotracker3-offline", checkpoint=str(ck))
+    online = load_tracker("cotracker3-online", checkpoint=str(ck))
+    monkeypatch.setenv("POINTTRACK_MEMORY_LIMIT", "4G")
+    with pytest.raises(PromptError, match="online engine"):
+        offline.check_memory(count_kept(info.num_frames, info.fps), info.size, 4)
+    offline.check_memory(count_kept(info.num_frames, info.fps, fps=2), info.size, 4)
+    offline.check_memory(count_kept(info.num_frames, info.fps, max_frames=100), info.size, 4)
+    online.check_memory(count_kept(info.num_frames, info.fps), info.size, 4)
+    # The library checks too, before decoding a path.
+    with pytest.raises(PromptError, match="1500 frames"):
+        offline.track(str(long_tiny_video), grid_size=2)
+
+
+def test_count_kept_matches_sample_indices():
+    from pointtrack.video import count_kept, sample_indices
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n, src = int(rng.integers(0, 400)), float(rng.choice([10, 24, 29.97, 30, 60]))
+        opts = dict(every=int(rng.integers(1, 5)))
+        if rng.random() < 0.4:
+            opts = dict(fps=float(rng.uniform(0.5, 70)))
+        if rng.random() < 0.3:
+            opts["max_frames"] = int(rng.integers(1, 50))
+        if rng.random() < 0.3:
+            opts["start"] = float(rng.uniform(0, 5))
+        if rng.random() < 0.3:
+            opts["end"] = opts.get("start", 0) + float(rng.uniform(0.1, 10))
+        exact = len(sample_indices(n, src, **opts))
+        assert exact <= count_kept(n, src, **opts) <= exact + 2, (n, src, opts)
+    # A file that claims 2^40 frames costs nothing to count.
+    assert count_kept(2**40, 30.0, fps=2) == pytest.approx(2**40 / 15, rel=1e-6)

@@ -172,6 +172,7 @@ def sample_indices(
     end: float | None = None,
 ) -> np.ndarray:
     """Source frame indices kept by the sampling options (see `iter_frames`)."""
+    _check_sampling(every, fps, max_frames, start, end, source_fps)
     keep = []
     for i in range(num_frames):
         if _keeps(i, source_fps, every, fps, start, end):
@@ -181,11 +182,41 @@ def sample_indices(
     return np.asarray(keep, dtype=np.int64)
 
 
+def count_kept(
+    num_frames: int,
+    source_fps: float,
+    *,
+    every: int = 1,
+    fps: float | None = None,
+    max_frames: int | None = None,
+    start: float | None = None,
+    end: float | None = None,
+) -> int:
+    """About how many frames the sampling options keep (at most 2 more than
+    `sample_indices`), in constant time: a file may claim billions of frames."""
+    _check_sampling(every, fps, max_frames, start, end, source_fps)
+    first, last = 0, max(int(num_frames), 0)
+    if source_fps > 0:
+        if start is not None:
+            first = min(last, int(np.ceil(start * source_fps - 1e-9)))
+        if end is not None:
+            last = max(first, min(last, int(np.ceil(end * source_fps - 1e-9))))
+    n = last - first
+    if fps is not None and fps < source_fps:
+        n = min(n, int(np.ceil(n * fps / source_fps)) + 1)
+    else:
+        n = -(-n // every)
+    return min(n, max_frames) if max_frames is not None else n
+
+
 def _check_sampling(every, fps, max_frames, start, end, source_fps):
     if every is None or int(every) != every or every < 1:
         raise VideoError(f"every must be an integer >= 1, got {every}")
-    if fps is not None and not fps > 0:
-        raise VideoError(f"fps must be > 0, got {fps}")
+    if fps is not None and not (np.isfinite(fps) and fps > 0):
+        raise VideoError(f"fps must be a number > 0, got {fps}")
+    for name, value in (("start", start), ("end", end)):
+        if value is not None and not (np.isfinite(value) and value >= 0):
+            raise VideoError(f"{name} must be a time >= 0 in seconds, got {value}")
     if every != 1 and fps is not None:
         raise VideoError("give either every or fps, not both")
     if max_frames is not None and max_frames < 1:

@@ -17,10 +17,19 @@ class CLIError(Exception):
     """A user error: printed as one line, exit code 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``pointtrack track: error: ...``) and exit 2
+    like every other error, instead of the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"pointtrack: error: {self.prog}: {' '.join(message.split())} "
+                     f"(see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pointtrack",
         description="Track any point through videos and video datasets (CoTracker3, FiftyOne).",
     )

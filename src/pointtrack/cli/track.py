@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+import warnings
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -90,18 +91,22 @@ def read_queries(path: str) -> np.ndarray:
     """``(N, 3)`` rows of (frame, x, y) from a .npy file or a text/CSV file (header allowed)."""
     p = Path(path)
     if not p.is_file():
-        raise CLIError(f"queries file {path}: no such file")
+        raise CLIError(f"queries file {path}: {'is a directory' if p.is_dir() else 'no such file'}")
     try:
         if p.suffix == ".npy":
             q = np.load(p, allow_pickle=False)
         else:
             text = p.read_text()
+            if not text.strip():
+                raise CLIError(f"queries file {path}: is empty")
             delimiter = "," if "," in text else None
-            q = np.genfromtxt(p, delimiter=delimiter, dtype=np.float64, comments="#",
-                              invalid_raise=True)
+            with warnings.catch_warnings():  # numpy warns before it raises: one line only
+                warnings.simplefilter("ignore")
+                q = np.genfromtxt(p, delimiter=delimiter, dtype=np.float64, comments="#",
+                                  invalid_raise=True)
             if q.ndim >= 1 and q.size and np.isnan(q.reshape(-1, q.shape[-1])[0]).all():
                 q = q[1:] if q.ndim == 2 else q[:0]  # drop a header row
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, UnicodeDecodeError) as e:
         raise CLIError(f"queries file {path}: cannot read ({e})") from e
     q = np.atleast_2d(np.asarray(q, dtype=np.float64))
     if q.ndim != 2 or q.shape[1] != 3:
@@ -136,13 +141,20 @@ def frame_rows(frame_numbers: np.ndarray, source_frames: np.ndarray, what: str) 
     return np.asarray(rows, dtype=np.float64)
 
 
-def check_before_decoding(args, queries, mask) -> None:
+def check_before_decoding(args, queries, mask, tracker) -> None:
     """Fail on a bad video or prompt before spending time decoding: the same checks the
-    tracker makes, run on a clip of the right shape that holds no pixels."""
+    tracker makes, run on a clip of the right shape that holds no pixels, and the memory
+    the clip would need (a file may claim more frames than any machine holds)."""
     from ..trackers import check_prompt
-    from ..video import Clip, probe, sample_indices
+    from ..video import Clip, count_kept, probe, sample_indices
 
     info = probe(args.video)
+    sampling = dict(every=args.every, fps=args.fps, max_frames=args.max_frames,
+                    start=args.start, end=args.end)
+    # A grid finer than the pixels is refused below, with its own message.
+    points = len(queries) if queries is not None else max(min(args.grid_size, *info.size), 1) ** 2
+    tracker.check_memory(count_kept(info.num_frames, info.fps, **sampling), info.size, points,
+                         what=str(args.video))
     rows = sample_indices(info.num_frames, info.fps, every=args.every, fps=args.fps,
                           max_frames=args.max_frames, start=args.start, end=args.end)
     if len(rows) == 0:
@@ -179,7 +191,7 @@ def run_track(args: argparse.Namespace) -> int:
     queries = read_queries(args.queries) if args.queries else None
     mask = read_mask(args.mask) if args.mask else None
     tracker = load_engine(args)
-    check_before_decoding(args, queries, mask)
+    check_before_decoding(args, queries, mask, tracker)
     out = Path(args.out) if args.out else Path(Path(args.video).stem + ".tracks.npz")
     output_paths(args, out)
 

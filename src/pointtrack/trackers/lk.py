@@ -53,6 +53,11 @@ class LucasKanadeTracker(Tracker):
         self.ncc_threshold = ncc_threshold
         self.patch = patch
 
+    def memory_estimate(self, num_frames, source_size, num_points) -> int:
+        # Plus a grayscale copy of every frame (the pyramids are per step, not kept).
+        w, h = source_size
+        return super().memory_estimate(num_frames, source_size, num_points) + num_frames * w * h
+
     def _track(self, clip: Clip, prompt: Prompt) -> Tracks:
         import cv2
         if prompt.queries is not None:
