@@ -307,9 +307,10 @@ def test_offline_clip_too_long_for_memory_errors_before_decoding(long_tiny_video
     env = dict(os.environ, POINTTRACK_MEMORY_LIMIT="4G")
     out = tmp_path / "t.npz"
     r = subprocess.run(
-        [sys.executable, "-c", "import resource, sys; from pointtrack.cli import main; "
+        # VmHWM: this process's peak RSS (ru_maxrss would count pytest's, from the fork).
+        [sys.executable, "-c", "import re, sys; from pointtrack.cli import main; "
          "rc = main(sys.argv[1:]); "
-         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stdout); "
+         "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1]); "
          "sys.exit(rc)",
          "track", str(long_tiny_video), "--engine", "cotracker3-offline", "--checkpoint",
          str(ck), "--grid-size", "2", "--out", str(out)],
