@@ -357,3 +357,36 @@ def test_count_kept_matches_sample_indices():
         assert exact <= count_kept(n, src, **opts) <= exact + 2, (n, src, opts)
     # A file that claims 2^40 frames costs nothing to count.
     assert count_kept(2**40, 30.0, fps=2) == pytest.approx(2**40 / 15, rel=1e-6)
+
+
+# -- Long videos: streaming -------------------------------------------------------------------
+
+
+def test_lk_stream_equals_track_forward(make_video):
+    """The LK stream (one frame held at a time) gives track()'s result for points that start
+    on the first frame, whatever the chunks frames come in."""
+    from pointtrack.trackers import PromptError, load_tracker
+    from pointtrack.video import iter_frames
+
+    path, frames = make_video(num_frames=14, size=(96, 64))
+    lk = load_tracker("lk")
+    ref = lk.track(path, grid_size=5)
+    stream = lk.stream(grid_size=5)
+    decoded = [f.image for f in iter_frames(path)]
+    for chunk in (decoded[:1], decoded[1:6], decoded[6:7], decoded[7:]):
+        partial = stream.push(np.stack(chunk))
+    tracks = stream.finish()
+    assert partial.num_frames == 14
+    np.testing.assert_array_equal(tracks.xy, ref.xy)
+    np.testing.assert_array_equal(tracks.visible, ref.visible)
+    assert tracks.visible[1:].mean() > 0.5  # the texture is really tracked
+    # A query on a later frame starts there; rows before it are not visible.
+    late = lk.stream(queries=[[3, 40.0, 30.0]])
+    late.push(np.stack(decoded))
+    out = late.finish()
+    assert not out.visible[:3, 0].any() and out.visible[3, 0]
+    np.testing.assert_allclose(out.xy[10, 0], [40 - 2 * 7, 30 - 7], atol=1.0)  # moved 7 frames
+    short = lk.stream(queries=[[20, 1.0, 1.0]])
+    short.push(np.stack(decoded))
+    with pytest.raises(PromptError, match="frame 20"):
+        short.finish()

@@ -196,11 +196,11 @@ def count_kept(
     `sample_indices`), in constant time: a file may claim billions of frames."""
     _check_sampling(every, fps, max_frames, start, end, source_fps)
     first, last = 0, max(int(num_frames), 0)
-    if source_fps > 0:
+    if source_fps > 0:  # (min before int: a time of 1e308 s is a frame beyond any int)
         if start is not None:
-            first = min(last, int(np.ceil(start * source_fps - 1e-9)))
+            first = int(min(last, np.ceil(start * source_fps - 1e-9)))
         if end is not None:
-            last = max(first, min(last, int(np.ceil(end * source_fps - 1e-9))))
+            last = max(first, int(min(last, np.ceil(end * source_fps - 1e-9))))
     n = last - first
     if fps is not None and fps < source_fps:
         n = min(n, int(np.ceil(n * fps / source_fps)) + 1)
