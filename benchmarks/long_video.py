@@ -81,8 +81,20 @@ def child(args: argparse.Namespace) -> None:
     info = probe(args.video)
     started = time.perf_counter()
     out: dict = {"engine": args.engine}
+    ready = False
+
+    def mark_ready() -> None:  # the working set is built: RSS from now on must stay flat
+        nonlocal ready
+        if not ready:
+            print(json.dumps({"ready": True}), flush=True)
+            ready = True
+
     if args.engine == "decode":
-        n = sum(1 for _ in iter_frames(args.video))
+        n = 0
+        for _ in iter_frames(args.video):
+            n += 1
+            if n == 30:
+                mark_ready()
         out.update(frames=n, points=0)
     elif args.engine == "lk":
         from pointtrack.trackers import load_tracker
@@ -92,10 +104,12 @@ def child(args: argparse.Namespace) -> None:
         chunk = []
         for f in iter_frames(args.video):
             chunk.append(f.image)
-            if len(chunk) == 64:  # each push returns the tracks so far: not every frame
+            if len(chunk) == 8:  # 8 frames of 1080p: 50 MB
                 stream.push(np.stack(chunk))
                 n += len(chunk)
                 chunk = []
+                if n == 32:
+                    mark_ready()
         if chunk:
             stream.push(np.stack(chunk))
             n += len(chunk)
@@ -119,7 +133,8 @@ def child(args: argparse.Namespace) -> None:
                 stream.push(np.stack(chunk))
                 n += len(chunk)
                 chunk = []
-                print(json.dumps({"progress": n}), flush=True)
+                if n == 32:  # two windows in
+                    mark_ready()
         if chunk:
             stream.push(np.stack(chunk))
             n += len(chunk)
@@ -141,26 +156,35 @@ def measure(args: argparse.Namespace, engine: str) -> dict:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     samples: list[tuple[float, int]] = []
     t0 = time.perf_counter()
+    ready_at = [float("inf")]
 
     def sample() -> None:
         while proc.poll() is None:
             try:
-                samples.append((time.perf_counter() - t0, rss_bytes(proc.pid)))
+                rss = rss_bytes(proc.pid)
             except (FileNotFoundError, ProcessLookupError):
                 break
+            if rss:  # 0 once it has exited
+                samples.append((time.perf_counter() - t0, rss))
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample)
     sampler.start()
-    lines = proc.stdout.read().splitlines()
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if '"ready"' in line:
+            ready_at[0] = time.perf_counter() - t0
     proc.wait()
     sampler.join()
     if proc.returncode != 0:
         raise SystemExit(f"{engine} run failed with exit code {proc.returncode}")
     result = json.loads(lines[-1])
     rss = np.array([s[1] for s in samples], dtype=np.float64)
-    # The working set is built on the first frames / window: judge flatness after it.
-    warm = rss[len(rss) // 20 :] if len(rss) >= 40 else rss
+    # Flatness is judged from when the working set is built (first frames / windows).
+    warm = np.array([s[1] for s in samples if s[0] >= ready_at[0]], dtype=np.float64)
+    if len(warm) < 10:
+        warm = rss
     k = max(1, len(warm) // 10)
     first, last = warm[:k].mean(), warm[-k:].mean()
     tracks_bytes = result["frames"] * result.get("points", 0) * 16

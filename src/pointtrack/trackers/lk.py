@@ -160,7 +160,10 @@ class LKStream:
         self.size: tuple[int, int] | None = None
         self.prev: np.ndarray | None = None
         self.t = 0
-        self.rows: list[tuple[np.ndarray, np.ndarray]] = []
+        # Rows are final once written (forward only): kept in buffers that double when full,
+        # so that the Tracks each push returns are views, not a copy of every row so far.
+        self.xy: np.ndarray
+        self.visible: np.ndarray
 
     def _start(self, size: tuple[int, int]) -> None:
         q = self.prompt_args["queries"]
@@ -186,6 +189,8 @@ class LKStream:
         self.pts = self.queries[:, 1:].copy()
         self.templates = np.zeros((N, self.engine.patch**2), np.float32)
         self.started = np.zeros(N, bool)
+        self.xy = np.zeros((0, N, 2), np.float32)
+        self.visible = np.zeros((0, N), bool)
 
     def push(self, frames: Any) -> Tracks:
         import cv2
@@ -215,7 +220,13 @@ class LKStream:
                 self.pts[new] = self.queries[new, 1:]
                 self.templates[new] = self.engine._patches(gray, self.pts[new])
                 self.started[new], visible[new] = True, True
-            self.rows.append((self.pts.copy(), visible))
+            if self.t == len(self.xy):
+                grown = max(64, 2 * len(self.xy))
+                self.xy = np.concatenate([self.xy[: self.t], np.zeros(
+                    (grown - self.t, len(self.pts), 2), np.float32)])
+                self.visible = np.concatenate([self.visible[: self.t], np.zeros(
+                    (grown - self.t, len(self.pts)), bool)])
+            self.xy[self.t], self.visible[self.t] = self.pts, visible
             self.prev = gray
             self.t += 1
         return self._tracks()
@@ -229,9 +240,7 @@ class LKStream:
         return self._tracks()
 
     def _tracks(self) -> Tracks:
-        N = len(self.queries)
-        xy = np.stack([r[0] for r in self.rows]) if self.rows else np.zeros((0, N, 2))
-        vis = np.stack([r[1] for r in self.rows]) if self.rows else np.zeros((0, N), bool)
-        return Tracks(xy=xy, visible=vis, queries=self.queries, frame_numbers=np.arange(len(xy)),
-                      frame_size=self.size, fps=0.0, tracker=self.engine.name,
-                      options=dict(self.engine.options, stream=True))
+        T = self.t
+        return Tracks(xy=self.xy[:T], visible=self.visible[:T], queries=self.queries,
+                      frame_numbers=np.arange(T), frame_size=self.size, fps=0.0,
+                      tracker=self.engine.name, options=dict(self.engine.options, stream=True))
