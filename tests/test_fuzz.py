@@ -5,6 +5,7 @@ or one clean error line with exit 2, with no partial output and its inputs uncha
 from __future__ import annotations
 
 import importlib.util
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -15,8 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def fuzz():
-    spec = importlib.util.spec_from_file_location("fuzz", ROOT / "benchmarks" / "fuzz.py")
+    spec = importlib.util.spec_from_file_location("pointtrack_fuzz",
+                                                  ROOT / "benchmarks" / "fuzz.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
     spec.loader.exec_module(module)
     return module
 
@@ -40,6 +43,7 @@ def test_harness_generates_every_kind(fuzz, all_cases):
         assert name in names, name
 
 
+@pytest.mark.slow
 def test_fuzz_subset_in_real_subprocesses(fuzz, all_cases, tmp_path):
     inputs, cases = all_cases
     # Checkpoint cases that load good weights run CoTracker3 on CPU (~10 s each): one is
