@@ -186,7 +186,9 @@ def test_file_url_download_local_path_and_checkpoint_dir(offline_weights, tmp_pa
     path.parent.mkdir()
     torch.save(offline_weights, path)
     state = load_state_dict(path.as_uri(), "scaled_offline", progress=False)
-    assert (hub_dir / "checkpoints" / "scaled_offline.pth").is_file()  # in the hub cache
+    # Read in place: a local file never lands in the hub cache, where it could later stand in
+    # for the registry checkpoint of the same name.
+    assert not (hub_dir / "checkpoints" / "scaled_offline.pth").exists()
     assert torch.equal(state["fnet.conv1.weight"], offline_weights["fnet.conv1.weight"])
     model = load_weights(CoTracker3Offline(), str(path), "scaled_offline")
     assert torch.equal(model.corr_mlp.fc1.weight, offline_weights["corr_mlp.fc1.weight"])
@@ -220,7 +222,7 @@ def test_bad_keys_are_listed(offline_weights, tmp_path):
 
 def test_offline_machine_error_names_url_cache_and_fix(hub_dir, monkeypatch):
     monkeypatch.delenv("POINTTRACK_CHECKPOINT_DIR", raising=False)
-    url = "http://127.0.0.1:9/cotracker3/scaled_offline.pth"  # nothing listens there
+    url = "https://127.0.0.1:9/cotracker3/scaled_offline.pth"  # nothing listens there
     monkeypatch.setitem(CHECKPOINTS, "scaled_offline", url)
     tracker = load_tracker("cotracker3-offline")  # weights load on first use
     with pytest.raises(CheckpointError) as e:

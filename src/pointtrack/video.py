@@ -172,6 +172,7 @@ def sample_indices(
     end: float | None = None,
 ) -> np.ndarray:
     """Source frame indices kept by the sampling options (see `iter_frames`)."""
+    _check_sampling(every, fps, max_frames, start, end, source_fps)
     keep = []
     for i in range(num_frames):
         if _keeps(i, source_fps, every, fps, start, end):
@@ -181,11 +182,41 @@ def sample_indices(
     return np.asarray(keep, dtype=np.int64)
 
 
+def count_kept(
+    num_frames: int,
+    source_fps: float,
+    *,
+    every: int = 1,
+    fps: float | None = None,
+    max_frames: int | None = None,
+    start: float | None = None,
+    end: float | None = None,
+) -> int:
+    """About how many frames the sampling options keep (at most 2 more than
+    `sample_indices`), in constant time: a file may claim billions of frames."""
+    _check_sampling(every, fps, max_frames, start, end, source_fps)
+    first, last = 0, max(int(num_frames), 0)
+    if source_fps > 0:  # (min before int: a time of 1e308 s is a frame beyond any int)
+        if start is not None:
+            first = int(min(last, np.ceil(start * source_fps - 1e-9)))
+        if end is not None:
+            last = max(first, int(min(last, np.ceil(end * source_fps - 1e-9))))
+    n = last - first
+    if fps is not None and fps < source_fps:
+        n = min(n, int(np.ceil(n * fps / source_fps)) + 1)
+    else:
+        n = -(-n // every)
+    return min(n, max_frames) if max_frames is not None else n
+
+
 def _check_sampling(every, fps, max_frames, start, end, source_fps):
     if every is None or int(every) != every or every < 1:
         raise VideoError(f"every must be an integer >= 1, got {every}")
-    if fps is not None and not fps > 0:
-        raise VideoError(f"fps must be > 0, got {fps}")
+    if fps is not None and not (np.isfinite(fps) and fps > 0):
+        raise VideoError(f"fps must be a number > 0, got {fps}")
+    for name, value in (("start", start), ("end", end)):
+        if value is not None and not (np.isfinite(value) and value >= 0):
+            raise VideoError(f"{name} must be a time >= 0 in seconds, got {value}")
     if every != 1 and fps is not None:
         raise VideoError("give either every or fps, not both")
     if max_frames is not None and max_frames < 1:
@@ -335,30 +366,36 @@ def write_video(
     rate = Fraction(fps if fps and fps > 0 else 30).limit_denominator(1001)
     count = 0
     with atomic_path(path) as tmp:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = None
-            for image in frames:
-                image = np.asarray(image)
-                if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-                    raise VideoError(f"{path}: frames must be (H, W, 3) uint8, got "
-                                     f"{image.dtype} {image.shape}")
-                h, w = image.shape[:2]
+        try:
+            with av.open(str(tmp), mode="w", format="mp4") as container:
+                stream = None
+                for image in frames:
+                    image = np.asarray(image)
+                    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                        raise VideoError(f"{path}: frames must be (H, W, 3) uint8, got "
+                                         f"{image.dtype} {image.shape}")
+                    h, w = image.shape[:2]
+                    if stream is None:
+                        stream = container.add_stream("libx264", rate=rate)
+                        stream.width, stream.height = w + w % 2, h + h % 2
+                        stream.pix_fmt = "yuv420p"
+                        stream.options = {"crf": str(crf), "preset": "veryfast"}
+                    if (w + w % 2, h + h % 2) != (stream.width, stream.height):
+                        raise VideoError(f"{path}: frame {count} is {w}x{h}, expected "
+                                         f"{stream.width}x{stream.height}")
+                    if w % 2 or h % 2:
+                        image = np.pad(image, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+                    frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+                    for packet in stream.encode(frame):
+                        container.mux(packet)
+                    count += 1
                 if stream is None:
-                    stream = container.add_stream("libx264", rate=rate)
-                    stream.width, stream.height = w + w % 2, h + h % 2
-                    stream.pix_fmt = "yuv420p"
-                    stream.options = {"crf": str(crf), "preset": "veryfast"}
-                if (w + w % 2, h + h % 2) != (stream.width, stream.height):
-                    raise VideoError(f"{path}: frame {count} is {w}x{h}, expected "
-                                     f"{stream.width}x{stream.height}")
-                if w % 2 or h % 2:
-                    image = np.pad(image, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-                frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-                for packet in stream.encode(frame):
+                    raise VideoError(f"{path}: no frames to write")
+                for packet in stream.encode():
                     container.mux(packet)
-                count += 1
-            if stream is None:
-                raise VideoError(f"{path}: no frames to write")
-            for packet in stream.encode():
-                container.mux(packet)
+        except av.error.FFmpegError as e:
+            # A full disk or a failing writer: PyAV wraps a Python file's error in a
+            # callback error, so name the cause it carries.
+            cause = e.__context__ if isinstance(e, av.error.PyAVCallbackError) else e
+            raise VideoError(f"{path}: cannot write video ({_reason(cause)})") from e
     return path

@@ -20,10 +20,19 @@ class CLIError(Exception):
     """A user error: printed as one line, exit code 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``pointtrack track: error: ...``) and exit 2
+    like every other error, instead of the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"pointtrack: error: {self.prog}: {' '.join(message.split())} "
+                     f"(see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pointtrack",
         description="Track any point through videos and video datasets (CoTracker3, FiftyOne).",
     )
@@ -74,7 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except _user_errors() as e:
-        print(f"pointtrack: error: {e}", file=sys.stderr)
+        # One line whatever the message: library errors (torch, FFmpeg) can span several.
+        print(f"pointtrack: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # The file system's answer (a full disk, no permission): the user's to fix, and a
+        # traceback would hide the one line that says so.
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"pointtrack: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("pointtrack: interrupted", file=sys.stderr)

@@ -60,7 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     a = sub.add_parser("app", help="open a dataset in the FiftyOne App (blocks until Ctrl-C)")
     a.add_argument("name", metavar="NAME", help="dataset name")
     a.add_argument("--port", type=int, default=5151, help="App port (default 5151)")
-    a.add_argument("--address", default=None, help="address to serve on (default: localhost)")
+    a.add_argument("--address", default="127.0.0.1",
+                   help="address to serve on (default 127.0.0.1: this machine only; 0.0.0.0 "
+                        "serves every network the machine is on)")
     a.add_argument("--remote", action="store_true",
                    help="serve for a browser elsewhere (e.g. over ssh -L); no window opens")
     a.add_argument("--field", default="tracks",
@@ -172,6 +174,8 @@ def run_app(args: argparse.Namespace) -> int:
             f"(frame fields: {', '.join(sorted(frame_schema)) or 'none'})"
         )
     scheme = ptf.color_scheme(args.field, dataset)
+    # The address is always explicit: left to FiftyOne, a config file or
+    # FIFTYONE_DEFAULT_APP_ADDRESS could open the datasets to the whole network.
     session = fo.launch_app(
         dataset,
         port=args.port,

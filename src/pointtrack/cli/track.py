@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
+import warnings
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 
+from ..tracks import atomic_path
 from . import CLIError
 
 
@@ -87,18 +91,22 @@ def read_queries(path: str) -> np.ndarray:
     """``(N, 3)`` rows of (frame, x, y) from a .npy file or a text/CSV file (header allowed)."""
     p = Path(path)
     if not p.is_file():
-        raise CLIError(f"queries file {path}: no such file")
+        raise CLIError(f"queries file {path}: {'is a directory' if p.is_dir() else 'no such file'}")
     try:
         if p.suffix == ".npy":
             q = np.load(p, allow_pickle=False)
         else:
             text = p.read_text()
+            if not text.strip():
+                raise CLIError(f"queries file {path}: is empty")
             delimiter = "," if "," in text else None
-            q = np.genfromtxt(p, delimiter=delimiter, dtype=np.float64, comments="#",
-                              invalid_raise=True)
+            with warnings.catch_warnings():  # numpy warns before it raises: one line only
+                warnings.simplefilter("ignore")
+                q = np.genfromtxt(p, delimiter=delimiter, dtype=np.float64, comments="#",
+                                  invalid_raise=True)
             if q.ndim >= 1 and q.size and np.isnan(q.reshape(-1, q.shape[-1])[0]).all():
                 q = q[1:] if q.ndim == 2 else q[:0]  # drop a header row
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, UnicodeDecodeError) as e:
         raise CLIError(f"queries file {path}: cannot read ({e})") from e
     q = np.atleast_2d(np.asarray(q, dtype=np.float64))
     if q.ndim != 2 or q.shape[1] != 3:
@@ -133,13 +141,20 @@ def frame_rows(frame_numbers: np.ndarray, source_frames: np.ndarray, what: str) 
     return np.asarray(rows, dtype=np.float64)
 
 
-def check_before_decoding(args, queries, mask) -> None:
+def check_before_decoding(args, queries, mask, tracker) -> None:
     """Fail on a bad video or prompt before spending time decoding: the same checks the
-    tracker makes, run on a clip of the right shape that holds no pixels."""
+    tracker makes, run on a clip of the right shape that holds no pixels, and the memory
+    the clip would need (a file may claim more frames than any machine holds)."""
     from ..trackers import check_prompt
-    from ..video import Clip, probe, sample_indices
+    from ..video import Clip, count_kept, probe, sample_indices
 
     info = probe(args.video)
+    sampling = dict(every=args.every, fps=args.fps, max_frames=args.max_frames,
+                    start=args.start, end=args.end)
+    # A grid finer than the pixels is refused below, with its own message.
+    points = len(queries) if queries is not None else max(min(args.grid_size, *info.size), 1) ** 2
+    tracker.check_memory(count_kept(info.num_frames, info.fps, **sampling), info.size, points,
+                         what=str(args.video))
     rows = sample_indices(info.num_frames, info.fps, every=args.every, fps=args.fps,
                           max_frames=args.max_frames, start=args.start, end=args.end)
     if len(rows) == 0:
@@ -176,8 +191,9 @@ def run_track(args: argparse.Namespace) -> int:
     queries = read_queries(args.queries) if args.queries else None
     mask = read_mask(args.mask) if args.mask else None
     tracker = load_engine(args)
-    check_before_decoding(args, queries, mask)
+    check_before_decoding(args, queries, mask, tracker)
     out = Path(args.out) if args.out else Path(Path(args.video).stem + ".tracks.npz")
+    output_paths(args, out)
 
     started = time.perf_counter()
     clip = read_clip(
@@ -199,12 +215,52 @@ def run_track(args: argparse.Namespace) -> int:
     tracks.options.setdefault("source", str(args.video))
     print(f"tracked {tracks.num_tracks} points through {tracks.num_frames} frames "
           f"in {time.perf_counter() - decoded:.1f} s ({tracks.visible.mean():.0%} visible)")
-    tracks.save(out)
-    print(f"wrote {out}")
-    if args.csv:
-        print(f"wrote {tracks.to_csv(args.csv)}")
-    if args.render:
+    write_outputs(args, tracks, out)
+    return 0
+
+
+def output_paths(args: argparse.Namespace, out: Path) -> list[Path]:
+    """The files `track` writes; an error if two are the same file or one is the input."""
+    paths = [out] + [Path(p) for p in (args.csv, args.render) if p]
+    seen = {_identity(Path(args.video)): "the input video"}
+    for path in paths:
+        key = _identity(path)
+        if key in seen:
+            raise CLIError(f"output {path} is the same file as {seen[key]}")
+        if path.is_dir():
+            raise CLIError(f"output {path} is a directory")
+        seen[key] = f"output {path}"
+    return paths
+
+
+def _identity(path: Path) -> str:
+    return os.path.normcase(os.path.realpath(path))
+
+
+def write_outputs(args: argparse.Namespace, tracks, out: Path) -> None:
+    """Write the tracks file, CSV and overlay all or nothing: each goes to a temp file beside
+    its target, and the temps are renamed into place only once all of them are written, so
+    a failure (a full disk, a bad frame while rendering) leaves no output and no temp file."""
+    from ..video import VideoError
+
+    def render(tmp: Path) -> None:
         from ..render import render_video
 
-        print(f"wrote {render_video(args.video, tracks, args.render, progress=True)}")
-    return 0
+        render_video(args.video, tracks, tmp, progress=True)
+
+    steps = [(out, tracks.save)]
+    if args.csv:
+        steps.append((Path(args.csv), tracks.to_csv))
+    if args.render:
+        steps.append((Path(args.render), render))
+    with ExitStack() as stack:
+        for target, write in steps:
+            tmp = stack.enter_context(atomic_path(target))
+            try:
+                write(tmp)
+            except OSError as e:
+                raise CLIError(f"cannot write {target}: {e.strerror or e}") from e
+            except VideoError as e:  # from the overlay: name the target, not the temp file
+                raise CLIError(str(e).replace(str(tmp), str(target))) from e
+    for target, _ in steps:
+        print(f"wrote {target}")

@@ -6,20 +6,27 @@ weights for tests and benchmarks.
 - a registry name (`CHECKPOINTS`): looked up first in ``$POINTTRACK_CHECKPOINT_DIR`` (a
   directory of ``<name>.pth`` files, for machines without internet), else downloaded once
   into the torch.hub cache (``$TORCH_HOME/hub/checkpoints``) with a progress bar;
-- a URL (``https://``, ``http://`` or ``file://``), downloaded into the same cache;
+- an ``https://`` URL, downloaded into the same cache, or a ``file://`` URL, read in place
+  (no other scheme: plain ``http://`` could be tampered with on the way);
 - a local file path;
 - an in-memory state dict.
+
+Files are read with ``torch.load(weights_only=True)``: a checkpoint is tensors and plain
+containers only, and a pickle that would build any other object (and so could run code) is
+refused before anything in it runs.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import urllib.error
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
+from urllib.request import url2pathname
 
 import numpy as np
 import torch
@@ -56,8 +63,21 @@ def load_state_dict(checkpoint: CheckpointLike, default: str, *, progress: bool 
         if local is not None:
             return _read_file(local)
         return _download(CHECKPOINTS[text], progress)
-    if urlparse(text).scheme in ("http", "https", "file"):
+    url = urlparse(text)
+    if url.scheme == "https":
         return _download(text, progress)
+    if url.scheme == "file":
+        if url.netloc not in ("", "localhost"):
+            raise CheckpointError(f"checkpoint {text!r}: file:// URLs must name a local file")
+        path = Path(url2pathname(unquote(url.path)))
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {text!r}: no such file {path}")
+        return _read_file(path)
+    if "://" in text:
+        raise CheckpointError(
+            f"checkpoint {text!r}: URL scheme {url.scheme!r} is not allowed (only https:// "
+            f"and file://)"
+        )
     path = Path(text).expanduser()
     if not path.is_file():
         raise CheckpointError(
@@ -104,6 +124,7 @@ def _from_checkpoint_dir(name: str) -> Path | None:
 
 def _download(url: str, progress: bool) -> dict:
     cached = cache_path(url)
+    was_cached = cached.is_file()
     try:
         state = torch.hub.load_state_dict_from_url(
             url, map_location="cpu", progress=progress, weights_only=True
@@ -119,7 +140,9 @@ def _download(url: str, progress: bool) -> dict:
             f"directory named by ${CHECKPOINT_DIR_ENV}."
         ) from e
     except Exception as e:  # a corrupt or non-checkpoint download
-        raise CheckpointError(f"{cached}: not a readable PyTorch checkpoint ({e})") from e
+        if not was_cached:  # do not keep a bad download where a later run would trust it
+            cached.unlink(missing_ok=True)
+        raise CheckpointError(f"{cached}: {_load_error(e)}") from e
     return _unwrap(state, url)
 
 
@@ -127,8 +150,22 @@ def _read_file(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
+        raise CheckpointError(f"{path}: {_load_error(e)}") from e
     return _unwrap(state, str(path))
+
+
+def _load_error(e: Exception) -> str:
+    """One line on why ``torch.load(weights_only=True)`` failed."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    # torch's refusal runs over many lines and suggests weights_only=False: never that. Its
+    # "Unsupported global" line names what the pickle wanted to build or call.
+    culprit = next((line for line in lines if "GLOBAL" in line or "global" in line), None)
+    if isinstance(e, pickle.UnpicklingError) and culprit:
+        return (f"refused: the checkpoint holds Python objects other than tensors, which could "
+                f"run code when loaded ({culprit[:200]})")
+    detail = next((line for line in lines if line.startswith("Unsupported")), None)
+    text = detail or " ".join(lines) or type(e).__name__
+    return f"not a readable PyTorch checkpoint ({text[:300]})"
 
 
 def _unwrap(state: Any, where: str) -> dict:

@@ -17,6 +17,28 @@ class PromptError(ValueError):
     """Queries, grid size or mask that cannot be tracked (names the problem)."""
 
 
+#: Bytes of memory tracking may use (``4G``, ``512M`` or a number of bytes); default: what
+#: the machine has available now.
+MEMORY_LIMIT_ENV = "POINTTRACK_MEMORY_LIMIT"
+
+
+def available_memory() -> int:
+    """Host memory tracking may use: ``$POINTTRACK_MEMORY_LIMIT`` or what is available."""
+    limit = os.environ.get(MEMORY_LIMIT_ENV, "").strip().upper()
+    if limit:
+        units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+        try:
+            if limit[-1] in units:
+                return int(float(limit[:-1]) * units[limit[-1]])
+            return int(float(limit))
+        except ValueError:
+            raise PromptError(f"{MEMORY_LIMIT_ENV}={limit!r}: expected bytes, or a number "
+                              f"with K, M, G or T") from None
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
 @dataclass
 class Prompt:
     """Checked tracking prompt, in the pixels of the clip's frames (not source pixels).
@@ -75,6 +97,10 @@ def check_prompt(
         raise PromptError(f"grid size must be an integer, got {grid_size!r}")
     if grid_size < 0:
         raise PromptError(f"grid size must be >= 0, got {grid_size}")
+    if grid_size > max(W, H):
+        # Finer than the pixels, a grid only repeats points (and a huge one fills memory).
+        raise PromptError(f"grid size {grid_size} is finer than the {W}x{H} frame "
+                          f"(at most {max(W, H)})")
     if not 0 <= grid_query_frame < T:
         raise PromptError(f"grid query frame {grid_query_frame} is outside the clip (0..{T - 1})")
     q = None
@@ -154,9 +180,47 @@ class Tracker(ABC):
     name: str = ""
     #: Frame size (W, H) the engine wants frames decoded at, or None for source resolution.
     input_size: tuple[int, int] | None = None
+    #: Whether the engine's memory grows with the clip beyond its frames (offline engines);
+    #: the advice of `check_memory` then points to an engine that streams.
+    streams: bool = False
 
     def __init__(self, **options: Any) -> None:
         self.options = options
+
+    def memory_estimate(self, num_frames: int, source_size: tuple[int, int],
+                        num_points: int) -> int:
+        """Bytes of host memory `track` needs for a clip of ``num_frames`` frames: the
+        decoded frames ``(T, H, W, 3)`` uint8 and the tracks ``(T, N)`` with their copies.
+        Engines add their working set."""
+        w, h = self.input_size or source_size
+        return num_frames * (w * h * 3 + num_points * 48)
+
+    def device_memory_estimate(self, num_frames: int, num_points: int) -> int:
+        """Bytes of accelerator memory `track` needs (0: the engine runs on the host)."""
+        return 0
+
+    def check_memory(self, num_frames: int, source_size: tuple[int, int], num_points: int,
+                     what: str = "the clip") -> None:
+        """`PromptError` before anything is decoded when tracking ``num_frames`` frames would
+        not fit in memory; the message says how to track fewer frames at once."""
+        need = self.memory_estimate(num_frames, source_size, num_points)
+        have = available_memory()
+        where = "memory"
+        device_need = self.device_memory_estimate(num_frames, num_points)
+        if need <= have and device_need:
+            import torch
+
+            free, _ = torch.cuda.mem_get_info(self.device)
+            need, have, where = device_need, int(free), "GPU memory"
+        if need <= have:
+            return
+        advice = "track fewer frames (--fps, --every, --max-frames, --start/--end)"
+        if not self.streams and self.name.startswith("cotracker3"):
+            advice += " or use the online engine (--engine cotracker3-online)"
+        raise PromptError(
+            f"{what}: {num_frames} frames with {self.name} need about {_gib(need)} of {where}, "
+            f"{_gib(have)} available; {advice}"
+        )
 
     def track(
         self,
@@ -182,6 +246,8 @@ class Tracker(ABC):
         Returns:
             `Tracks` in source-video pixels.
         """
+        if isinstance(video, str | os.PathLike):
+            self._check_memory_of(video, grid_size, queries, segm_mask)
         clip = as_clip(video, size=self.input_size)
         prompt = check_prompt(
             clip,
@@ -193,6 +259,20 @@ class Tracker(ABC):
         )
         return self._track(clip, prompt)
 
+    def _check_memory_of(self, path, grid_size, queries, segm_mask, **sampling) -> None:
+        from ..video import count_kept, probe
+
+        info = probe(path)
+        frames = count_kept(info.num_frames, info.fps, **sampling)
+        points = len(queries) if queries is not None and np.ndim(queries) == 2 else 0
+        if not points:
+            points = max(int(grid_size), 1) ** 2 if isinstance(grid_size, int | np.integer) else 1
+        self.check_memory(frames, info.size, points, what=str(path))
+
     @abstractmethod
     def _track(self, clip: Clip, prompt: Prompt) -> Tracks:
         """Track a checked prompt (frame pixels) through a clip; return source-pixel Tracks."""
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"

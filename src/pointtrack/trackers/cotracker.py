@@ -41,6 +41,12 @@ from . import register
 from .base import Prompt, PromptError, Tracker, VideoLike, as_clip, check_prompt, grid_points
 
 MODEL_SIZE = (512, 384)  # (W, H) the networks run at
+# Memory estimates (checked before decoding): the network, its weights and the chunked
+# correlation and transformer activations, whatever the clip's length; and per frame the
+# stride-4 features (128 x 96 x 128 float32) with their pyramid (x 4/3) and a float copy of
+# the frame. On CPU with 24 frames these put offline at ~1.3 GiB (measured: 1.2 GiB RSS).
+WORKING_SET = 1 << 30
+FEATURE_BYTES = int(128 * 96 * 128 * 4 * 4 / 3) + 512 * 384 * 3 * 4
 SUPPORT_GRID = 6
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -140,6 +146,21 @@ class _CoTracker3Engine(Tracker):
         self.progress = progress
         self._model = None
         self._staging: _Staging | None = None
+
+    def memory_estimate(self, num_frames, source_size, num_points) -> int:
+        frames = super().memory_estimate(num_frames, source_size, num_points)
+        if self.device.type == "cuda":
+            return frames + WORKING_SET // 2  # the features live on the GPU
+        return frames + WORKING_SET + self._feature_frames(num_frames) * FEATURE_BYTES
+
+    def device_memory_estimate(self, num_frames, num_points) -> int:
+        if self.device.type != "cuda":
+            return 0
+        return WORKING_SET + self._feature_frames(num_frames) * FEATURE_BYTES
+
+    def _feature_frames(self, num_frames: int) -> int:
+        """Frames whose features are held at once."""
+        return num_frames
 
     @property
     def model(self):
@@ -414,6 +435,10 @@ class CoTracker3OnlineTracker(_CoTracker3Engine):
 
     default_checkpoint = "scaled_online"
     model_class = CoTracker3Online
+    streams = True
+
+    def _feature_frames(self, num_frames: int) -> int:
+        return min(num_frames, 16)  # one window
 
     def _visible(self, vis, conf):
         return vis * conf > 0.6

@@ -8,12 +8,14 @@ come back), but it is reported occluded until it passes again.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..tracks import Tracks
 from ..video import Clip
 from . import register
-from .base import Prompt, Tracker, grid_points
+from .base import Prompt, PromptError, Tracker, check_prompt, grid_points
 
 
 @register("lk")
@@ -52,6 +54,11 @@ class LucasKanadeTracker(Tracker):
         self.fb_threshold = fb_threshold
         self.ncc_threshold = ncc_threshold
         self.patch = patch
+
+    def memory_estimate(self, num_frames, source_size, num_points) -> int:
+        # Plus a grayscale copy of every frame (the pyramids are per step, not kept).
+        w, h = source_size
+        return super().memory_estimate(num_frames, source_size, num_points) + num_frames * w * h
 
     def _track(self, clip: Clip, prompt: Prompt) -> Tracks:
         import cv2
@@ -93,6 +100,15 @@ class LucasKanadeTracker(Tracker):
             options=dict(self.options),
         )
 
+    def stream(self, *, grid_size: int = 0, queries: Any = None, segm_mask: Any = None,
+               grid_query_frame: int = 0) -> LKStream:
+        """Track frames as they arrive, holding one frame at a time: memory does not grow
+        with the video beyond the tracks. Forward in time only: a point starts on its query
+        frame and is reported not visible before it (`track` also tracks backward). The
+        prompt is in the pixels of the pushed frames; query frames count from the first."""
+        return LKStream(self, grid_size=grid_size, queries=queries, segm_mask=segm_mask,
+                        grid_query_frame=grid_query_frame)
+
     def _step(self, prev: np.ndarray, cur: np.ndarray, pts: np.ndarray):
         """One LK step ``(N, 2)`` -> ``(N, 2)`` and whether it passed the forward-backward check."""
         import cv2
@@ -133,3 +149,98 @@ class LucasKanadeTracker(Tracker):
 def _inside(pts: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     W, H = size
     return (pts[:, 0] >= 0) & (pts[:, 0] <= W - 1) & (pts[:, 1] >= 0) & (pts[:, 1] <= H - 1)
+
+
+class LKStream:
+    """``push(frames)`` uint8 ``(T, H, W, 3)`` (or one ``(H, W, 3)``) and get the tracks of
+    every frame so far; ``finish()`` checks the prompt's frames all came and returns them."""
+
+    def __init__(self, engine: LucasKanadeTracker, **prompt: Any) -> None:
+        self.engine, self.prompt_args = engine, prompt
+        self.size: tuple[int, int] | None = None
+        self.prev: np.ndarray | None = None
+        self.t = 0
+        # Rows are final once written (forward only): kept in buffers that double when full,
+        # so that the Tracks each push returns are views, not a copy of every row so far.
+        self.xy: np.ndarray
+        self.visible: np.ndarray
+
+    def _start(self, size: tuple[int, int]) -> None:
+        q = self.prompt_args["queries"]
+        last = int(self.prompt_args["grid_query_frame"])
+        if q is not None and np.ndim(q) == 2 and np.shape(q)[1] == 3 and np.size(q):
+            qt = np.asarray(q, dtype=np.float64)[:, 0]
+            if np.isfinite(qt).all():
+                last = max(last, int(qt.max()))
+        self.needed = max(last, 0) + 1
+        # The prompt is checked on a pixel-less clip long enough for every query frame.
+        w, h = size
+        clip = Clip(np.broadcast_to(np.zeros((), np.uint8), (self.needed, h, w, 3)),
+                    np.arange(self.needed), 0.0, size)
+        prompt = check_prompt(clip, **self.prompt_args)
+        if prompt.queries is not None:
+            self.queries = prompt.queries
+        else:
+            xy = grid_points(size, prompt.grid_size, prompt.segm_mask)
+            t = np.full((len(xy), 1), prompt.grid_query_frame, dtype=np.float32)
+            self.queries = np.concatenate([t, xy], axis=1)
+        N = len(self.queries)
+        self.size = size
+        self.pts = self.queries[:, 1:].copy()
+        self.templates = np.zeros((N, self.engine.patch**2), np.float32)
+        self.started = np.zeros(N, bool)
+        self.xy = np.zeros((0, N, 2), np.float32)
+        self.visible = np.zeros((0, N), bool)
+
+    def push(self, frames: Any) -> Tracks:
+        import cv2
+
+        frames = np.asarray(frames)
+        if frames.ndim == 3:
+            frames = frames[None]
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise PromptError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} "
+                              f"{frames.shape}")
+        size = (frames.shape[2], frames.shape[1])
+        if self.size is None:
+            self._start(size)
+        elif size != self.size:
+            raise PromptError(f"frame size changed from {self.size[0]}x{self.size[1]} to "
+                              f"{size[0]}x{size[1]}")
+        for frame in frames:
+            gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+            visible = np.zeros(len(self.pts), bool)
+            on = np.flatnonzero(self.started)
+            if len(on):
+                pts, ok = self.engine._step(self.prev, gray, self.pts[on])
+                ok &= self.engine._looks_like(gray, pts, self.templates[on])
+                self.pts[on], visible[on] = pts, ok & _inside(pts, self.size)
+            new = np.flatnonzero(self.queries[:, 0] == self.t)
+            if len(new):
+                self.pts[new] = self.queries[new, 1:]
+                self.templates[new] = self.engine._patches(gray, self.pts[new])
+                self.started[new], visible[new] = True, True
+            if self.t == len(self.xy):
+                grown = max(64, 2 * len(self.xy))
+                self.xy = np.concatenate([self.xy[: self.t], np.zeros(
+                    (grown - self.t, len(self.pts), 2), np.float32)])
+                self.visible = np.concatenate([self.visible[: self.t], np.zeros(
+                    (grown - self.t, len(self.pts)), bool)])
+            self.xy[self.t], self.visible[self.t] = self.pts, visible
+            self.prev = gray
+            self.t += 1
+        return self._tracks()
+
+    def finish(self) -> Tracks:
+        if self.size is None:
+            raise PromptError("no frames were pushed")
+        if self.t < self.needed:
+            raise PromptError(f"the prompt refers to frame {self.needed - 1}, but the stream "
+                              f"ended after {self.t} frames")
+        return self._tracks()
+
+    def _tracks(self) -> Tracks:
+        T = self.t
+        return Tracks(xy=self.xy[:T], visible=self.visible[:T], queries=self.queries,
+                      frame_numbers=np.arange(T), frame_size=self.size, fps=0.0,
+                      tracker=self.engine.name, options=dict(self.engine.options, stream=True))
