@@ -500,3 +500,23 @@ def test_color_scheme_per_track(dataset):
     saved = ptf.load_dataset(dataset.name).app_config.color_scheme
     assert saved.color_by == "instance"
     assert saved.fields[0]["path"] == "frames.tracks"
+
+
+def test_prompts_from_unlabeled_keypoints(video_dir):
+    """Keypoints without a label prompt tracks whose source label is None, on every sample
+    (samples held in memory are reloaded after each write)."""
+    ds = ptf.create_dataset(video_dir, new_name())
+    try:
+        samples = list(ds)  # in memory, as a notebook holds them
+        for sample in samples:
+            sample.frames[1]["pts"] = fo.Keypoints(
+                keypoints=[fo.Keypoint(points=[(0.3, 0.4), (0.6, 0.5)])])
+            sample.save()
+        summary = ptf.track_dataset(ds, load_tracker("lk"), "kp", prompt_field="pts",
+                                    progress=False)
+        assert not summary.failed and len(summary.done) == len(samples)
+        for sample in samples:
+            assert ptf.sources_from_sample(sample, "kp").label == [None, None]
+            assert ptf.tracks_from_sample(sample, "kp").num_tracks == 2
+    finally:
+        ds.delete()

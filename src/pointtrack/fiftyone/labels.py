@@ -256,7 +256,8 @@ def _result_schema() -> dict[str, Any]:
         "num_frames": (fo.IntField, {}),
         "num_tracks": (fo.IntField, {}),
         "settings": (fo.DictField, {}),
-        "source_label": (fo.ListField, {"subfield": fo.StringField}),
+        # No subfield: keypoints without a label give None, which StringField refuses on load.
+        "source_label": (fo.ListField, {}),
         "source_id": (fo.ListField, {"subfield": fo.StringField}),
         "source_index": (fo.ArrayField, {}),
         "path": (fo.StringField, {}),
