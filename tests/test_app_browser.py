@@ -9,10 +9,10 @@ the keypoint field "tracks" present and drawn. The screenshot is saved as ``app_
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -84,10 +85,47 @@ def _make_dataset(name: str, root: Path):
     return dataset
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@contextlib.contextmanager
+def app_server(log_path: Path, env: dict | None = None):
+    """The App server (``fiftyone.server.main``) on a free localhost port, in a process group of
+    its own; yields ``(base_url, tail)`` once it answers (``tail()``: the end of its log) and
+    stops it, and any child it made, afterwards. ``env`` defaults to this process's, so the
+    server uses the same MongoDB."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+
+    def tail() -> str:
+        return log_path.read_text(errors="replace")[-3000:]
+
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "fiftyone.server.main", "--port", str(port),
+             "--address", "127.0.0.1"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+        )
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"App server exited with {server.returncode}:\n{tail()}")
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"App server not up after {SERVER_START_S} s:\n{tail()}")
+            time.sleep(0.5)
+        yield url, tail
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait(15)
 
 
 @pytest.fixture
@@ -97,45 +135,12 @@ def app_url(tmp_path):
 
     name = f"pointtrack-test-app-{uuid.uuid4().hex[:8]}"
     _make_dataset(name, tmp_path)
-    port = _free_port()
-    log = open(tmp_path / "server.log", "wb")
-    # Same environment as this process: same FIFTYONE_DATABASE_DIR, so the same MongoDB.
-    server = subprocess.Popen(
-        [sys.executable, "-m", "fiftyone.server.main", "--port", str(port),
-         "--address", "127.0.0.1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"App server exited with {server.returncode}:\n{_tail(tmp_path)}")
-            try:
-                with urllib.request.urlopen(url, timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"App server not up after {SERVER_START_S} s:\n{_tail(tmp_path)}")
-            time.sleep(0.5)
-        yield f"{url}/datasets/{name}"
+        with app_server(tmp_path / "server.log") as (url, _):
+            yield f"{url}/datasets/{name}"
     finally:
-        if server.poll() is None:  # the server's own process group: it and any child it made
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait(15)
-        log.close()
         if fo.dataset_exists(name):
             fo.delete_dataset(name)
-
-
-def _tail(tmp_path: Path) -> str:
-    return (tmp_path / "server.log").read_text(errors="replace")[-3000:]
 
 
 def _image(png: bytes) -> np.ndarray:

@@ -8,11 +8,7 @@ Screenshot: ``app_overlays.png`` in ``$POINTTRACK_TEST_ARTIFACTS``.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 
 import pytest
@@ -21,11 +17,9 @@ from test_app_browser import (
     CHROMIUM,
     CHROMIUM_ARGS,
     PAGE_TIMEOUT_MS,
-    SERVER_START_S,
     _artifacts,
-    _free_port,
     _image,
-    _tail,
+    app_server,
 )
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} missing")
@@ -48,38 +42,10 @@ def overlays_url(tmp_path):
     source.persistent = True  # the server process must see the datasets
     ptf.track_dataset(source, load_tracker("lk"), "tracks", grid_size=4, progress=False)
     groups = ptf.add_overlays(source, "tracks", tmp_path / "overlays").dataset
-    port = _free_port()
-    log = open(tmp_path / "server.log", "wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "fiftyone.server.main", "--port", str(port),
-         "--address", "127.0.0.1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"App server exited with {server.returncode}:\n{_tail(tmp_path)}")
-            try:
-                with urllib.request.urlopen(url, timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"App server not up after {SERVER_START_S} s:\n{_tail(tmp_path)}")
-            time.sleep(0.5)
-        yield f"{url}/datasets/{groups.name}"
+        with app_server(tmp_path / "server.log") as (url, _):
+            yield f"{url}/datasets/{groups.name}"
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait(15)
-        log.close()
         for name in (groups.name, source.name):
             if fo.dataset_exists(name):
                 fo.delete_dataset(name)

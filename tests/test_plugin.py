@@ -318,54 +318,15 @@ def app_with_plugin(videos, tmp_path):
     """URL of an App server that loads the repo's plugins (``FIFTYONE_PLUGINS_DIR``) and shows
     ``videos`` (made persistent: the server process must see it); the server is stopped after."""
     import os
-    import signal
-    import subprocess
-    import sys
-    import time
-    import urllib.request
 
-    from test_app_browser import SERVER_START_S, _free_port
+    from test_app_browser import app_server
 
     videos.persistent = True
-    port = _free_port()
-    log_path = tmp_path / "server.log"
     # Legacy orchestrators: how open-source FiftyOne lets the App queue delegated runs.
     env = {**os.environ, "FIFTYONE_PLUGINS_DIR": str(PLUGINS_DIR),
            "FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS": "true"}
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "fiftyone.server.main", "--port", str(port),
-             "--address", "127.0.0.1"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
-        )
-    url = f"http://127.0.0.1:{port}"
-
-    def tail() -> str:
-        return log_path.read_text(errors="replace")[-3000:]
-
-    try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"App server exited with {server.returncode}:\n{tail()}")
-            try:
-                with urllib.request.urlopen(url, timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"App server not up after {SERVER_START_S} s:\n{tail()}")
-            time.sleep(0.5)
+    with app_server(tmp_path / "server.log", env) as (url, tail):
         yield f"{url}/datasets/{videos.name}", tail
-    finally:
-        if server.poll() is None:  # the server's own process group: it and any child it made
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait(15)
 
 
 def test_track_points_from_the_app(videos, app_with_plugin, artifacts_dir):

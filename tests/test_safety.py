@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import free_port
 
 from pointtrack.models.cotracker3 import CoTracker3Offline
 from pointtrack.models.weights import (
@@ -227,12 +228,6 @@ def test_real_full_tmpfs(make_video, tmp_path):
 # -- The App ----------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _connects(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=2):
@@ -256,7 +251,7 @@ def test_app_listens_on_loopback_only(make_video, tmp_path, monkeypatch):
     proc = None
     try:
         ptf.track_dataset(dataset, load_tracker("lk"), "tracks", grid_size=2, progress=False)
-        port = _free_port()
+        port = free_port()
         env = dict(os.environ, FIFTYONE_DEFAULT_APP_ADDRESS="0.0.0.0")
         proc = subprocess.Popen(
             [sys.executable, "-m", "pointtrack", "app", name, "--port", str(port)],
