@@ -80,6 +80,23 @@ def as_clip(video: VideoLike, size: tuple[int, int] | None = None, **sampling) -
     return Clip(frames=frames, frame_numbers=np.arange(T), fps=0.0, source_size=(W, H))
 
 
+def stream_frames(frames: Any, size: tuple[int, int] | None) -> np.ndarray:
+    """A batch pushed to a stream as uint8 ``(T, H, W, 3)`` (a single ``(H, W, 3)`` frame
+    allowed), checked against the stream's frame ``size`` (W, H) once it has one."""
+    if hasattr(frames, "detach"):  # torch tensor
+        frames = frames.detach().cpu().numpy()
+    frames = np.asarray(frames)
+    if frames.ndim == 3:
+        frames = frames[None]
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise PromptError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} "
+                          f"{frames.shape}")
+    new = (frames.shape[2], frames.shape[1])
+    if size is not None and new != size:
+        raise PromptError(f"frame size changed from {size[0]}x{size[1]} to {new[0]}x{new[1]}")
+    return frames
+
+
 def check_prompt(
     clip: Clip,
     *,

@@ -38,7 +38,16 @@ from ..models.weights import CheckpointLike, load_weights
 from ..tracks import Tracks
 from ..video import Clip
 from . import register
-from .base import Prompt, PromptError, Tracker, VideoLike, as_clip, check_prompt, grid_points
+from .base import (
+    Prompt,
+    PromptError,
+    Tracker,
+    VideoLike,
+    as_clip,
+    check_prompt,
+    grid_points,
+    stream_frames,
+)
 
 MODEL_SIZE = (512, 384)  # (W, H) the networks run at
 # Memory estimates (checked before decoding): the network, its weights and the chunked
@@ -614,20 +623,9 @@ class OnlineStream:
     def push(self, frames: Any) -> Tracks:
         if self.finished:
             raise RuntimeError("this stream is finished; start a new one")
-        if hasattr(frames, "detach"):
-            frames = frames.detach().cpu().numpy()
-        frames = np.asarray(frames)
-        if frames.ndim == 3:
-            frames = frames[None]
-        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise PromptError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} "
-                              f"{frames.shape}")
-        size = (frames.shape[2], frames.shape[1])
+        frames = stream_frames(frames, None if self.windows is None else self.size)
         if self.windows is None:
-            self._start(size)
-        elif size != self.size:
-            raise PromptError(f"frame size changed from {self.size[0]}x{self.size[1]} to "
-                              f"{size[0]}x{size[1]}")
+            self._start((frames.shape[2], frames.shape[1]))
         self.windows.push(frames)
         return self._tracks(self.windows.rows())
 

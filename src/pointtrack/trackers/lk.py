@@ -15,7 +15,7 @@ import numpy as np
 from ..tracks import Tracks
 from ..video import Clip
 from . import register
-from .base import Prompt, PromptError, Tracker, check_prompt, grid_points
+from .base import Prompt, PromptError, Tracker, check_prompt, grid_points, stream_frames
 
 
 @register("lk")
@@ -195,18 +195,9 @@ class LKStream:
     def push(self, frames: Any) -> Tracks:
         import cv2
 
-        frames = np.asarray(frames)
-        if frames.ndim == 3:
-            frames = frames[None]
-        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise PromptError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} "
-                              f"{frames.shape}")
-        size = (frames.shape[2], frames.shape[1])
+        frames = stream_frames(frames, self.size)
         if self.size is None:
-            self._start(size)
-        elif size != self.size:
-            raise PromptError(f"frame size changed from {self.size[0]}x{self.size[1]} to "
-                              f"{size[0]}x{size[1]}")
+            self._start((frames.shape[2], frames.shape[1]))
         for frame in frames:
             gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
             visible = np.zeros(len(self.pts), bool)
