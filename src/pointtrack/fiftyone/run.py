@@ -198,6 +198,8 @@ def track_dataset(
     stopped.
 
     Args:
+        tracker: the engine; for the local backend also a list of engines (copies of one
+            model), each tracking on a thread of its own.
         grid_size: grid points per side over the frame, or per box/mask with ``prompt_field``.
         queries: ``(N, 3)`` rows of (t, x, y) in source pixels, t a row of the tracked clip;
             the same for every sample.
