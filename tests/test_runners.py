@@ -248,3 +248,23 @@ def test_cli_backends_store_the_same(dataset, capsys):
     assert "6 tracked, 0 skipped" in capsys.readouterr().out
     assert_same_run(dataset, "tracks", "seq")
     np.testing.assert_equal(len(dataset.exists("tracks_error")), 1)
+
+
+def test_clip_too_long_for_memory_is_refused_before_decoding(dataset, monkeypatch):
+    """With too little memory for any clip, each sample records the advice and nothing is
+    decoded (the pipelined and the sequential runner alike)."""
+    import pointtrack.video
+
+    decoded = []
+    real = pointtrack.video.read_clip
+    monkeypatch.setattr("pointtrack.fiftyone.run.read_clip",
+                        lambda *a, **k: decoded.append(a) or real(*a, **k))
+    monkeypatch.setenv("POINTTRACK_MEMORY_LIMIT", "1K")
+    for backend in ("local", "sequential"):
+        summary = ptf.track_dataset(dataset, load_tracker("lk"), backend, grid_size=3,
+                                    backend=backend, progress=False)
+        assert not summary.done and len(summary.failed) == NUM_VIDEOS + 1
+        good = [e for e in summary.failed.values() if "broken.mp4" not in e]
+        assert len(good) == NUM_VIDEOS
+        assert all("track fewer frames" in e and "0.0 GiB available" in e for e in good), good
+    assert not decoded

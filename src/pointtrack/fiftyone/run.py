@@ -20,7 +20,7 @@ from fiftyone.core.clips import ClipsView
 
 from ..runners import Job, Outcome, RunAborted, run_local, run_sequential
 from ..trackers.base import PromptError, Tracker
-from ..video import read_clip
+from ..video import count_kept, probe, read_clip
 from .claims import Claims, Heartbeat
 from .labels import (
     DatasetError,
@@ -79,6 +79,13 @@ class SampleWork:
     overwrite: bool
     settings: dict
     claims: Claims
+    #: ``tracker.check_memory`` where loading runs beside the tracker (the local runners):
+    #: a clip too long for memory is refused, with advice, before it is decoded. It stays in
+    #: this process: store processes and Ray workers get the work without it.
+    memory_check: Callable | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "memory_check": None}
 
     def dataset(self) -> fo.Dataset:
         dataset = fo.load_dataset(self.dataset_name)  # one object per process (cached)
@@ -102,6 +109,11 @@ class SampleWork:
             return True
 
     def load(self, job: Job) -> tuple:
+        if self.memory_check is not None:
+            info = probe(job.path)
+            points = self.grid_size**2 if self.queries is None else len(self.queries)
+            self.memory_check(count_kept(info.num_frames, info.fps, **self.sampling),
+                              info.size, points, what=job.path)
         clip = read_clip(job.path, size=self.input_size, **self.sampling)
         row = _prompt_row(clip.frame_numbers, self.prompt_frame)
         queries, sources = self.queries, None
@@ -257,6 +269,7 @@ def track_dataset(
         overwrite=overwrite,
         settings=settings,
         claims=Claims(dataset._doc.id, label_field),
+        memory_check=None if backend == "ray" else first.check_memory,
     )
     ids, paths, done = samples.values(["id", "filepath", f"{result_field(label_field)}.num_frames"])
     summary = TrackSummary(label_field)
