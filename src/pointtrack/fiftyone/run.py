@@ -8,7 +8,9 @@ and build its prompt, track it, write its labels (`labels`), or record why it fa
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,25 +156,21 @@ class SampleWork:
             self.claims.release(job.key)
 
 
-class _database:
+@contextlib.contextmanager
+def _database(dataset_name: str):
     """Turns a lost database connection into `RunAborted`: no later sample could be stored,
     so the run stops with one clear error instead of timing out on every sample."""
+    from pymongo.errors import ConnectionFailure
 
-    def __init__(self, dataset_name: str) -> None:
-        self.dataset_name = dataset_name
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        from pymongo.errors import ConnectionFailure
-
-        if exc is not None and isinstance(exc, ConnectionFailure):
-            uri = fo.config.database_uri or "FiftyOne's database"
-            raise RunAborted(
-                f"lost the database ({uri}) while tracking '{self.dataset_name}': "
-                f"{str(exc).splitlines()[0][:200]}; rerun when it is back to resume"
-            ) from exc
+    try:
+        yield
+    except ConnectionFailure as e:
+        # Never print credentials: mongodb://user:password@host -> mongodb://host
+        uri = re.sub(r"//[^/@]*@", "//", fo.config.database_uri or "FiftyOne's database")
+        raise RunAborted(
+            f"lost the database ({uri}) while tracking '{dataset_name}': "
+            f"{str(e).splitlines()[0][:200]}; rerun when it is back to resume"
+        ) from e
 
 
 BACKENDS = ("local", "sequential", "ray")
