@@ -181,12 +181,18 @@ def test_ray_actors_kept_across_runs(ray_cluster, dataset):
     """Kept actors serve a later run on another field (whose schema they have not seen)."""
     lk = load_tracker("lk")
     options = {"num_actors": 2, "keep_actors": True}
+    from pointtrack.runners.ray import release_actors
+
     workers = []
-    for field in ("first", "second"):
-        outcomes = []
-        ptf.track_dataset(dataset, lk, field, grid_size=3, backend="ray",
-                          runner_options=options, on_outcome=outcomes.append, progress=False)
-        workers.append({o.worker for o in outcomes if o.status == "done"})
+    try:
+        for field in ("first", "second"):
+            outcomes = []
+            ptf.track_dataset(dataset, lk, field, grid_size=3, backend="ray",
+                              runner_options=options, on_outcome=outcomes.append,
+                              progress=False)
+            workers.append({o.worker for o in outcomes if o.status == "done"})
+    finally:
+        release_actors()  # kept actors hold the cluster's CPUs
     assert workers[0] == workers[1] and len(workers[0]) == 2  # the same two processes
     assert_same_run(dataset, "second", "first")
     assert len(dataset.exists("second_result")) == NUM_VIDEOS

@@ -116,18 +116,28 @@ class _TrackerActor:
 _kept: dict[tuple, tuple[Any, list]] = {}
 
 
-def _actors(ray, tracker: Tracker, num_actors: int, num_gpus: float, keep: bool) -> list:
+def release_actors() -> None:
+    """End the actors that ``keep_actors=True`` kept (they hold GPUs and CPUs until then)."""
+    ray = import_ray()
+    while _kept:
+        _, (_, actors) = _kept.popitem()
+        for actor in actors:
+            ray.kill(actor)
+
+
+def _actors(ray, tracker: Tracker, num_actors: int, num_gpus: float, keep: bool) -> tuple:
+    """(spec ref, actors): the caller holds the spec while the actors may need a restart."""
     context = ray.get_runtime_context()  # a new cluster may reuse a job id, not its address
     key = (id(tracker), num_gpus, num_actors, context.gcs_address, context.get_job_id())
     if key in _kept:
-        return _kept[key][1]
+        return _kept[key]
     actor_class = ray.remote(num_cpus=1, num_gpus=num_gpus, max_restarts=MAX_RESTARTS,
                              max_task_retries=MAX_RESTARTS)(_TrackerActor)
     spec = ray.put(tracker_spec(tracker))
     actors = [actor_class.remote(spec) for _ in range(num_actors)]
     if keep:
         _kept[key] = (spec, actors)
-    return actors
+    return spec, actors
 
 
 def _cause(e: BaseException) -> BaseException:
@@ -156,7 +166,7 @@ def run_ray(
         num_gpus: GPUs per actor; default 1 where the cluster has GPUs, else 0.
         prefetch: jobs queued on each actor beyond the one it tracks.
         keep_actors: keep the actors (their models loaded and compiled) for the next run
-            with this tracker, instead of ending them.
+            with this tracker, instead of ending them; `release_actors` ends them.
     """
     ray = import_ray()
     from ray.exceptions import RayActorError, RayTaskError
@@ -184,7 +194,8 @@ def run_ray(
 
     load = ray.remote(num_cpus=1)(_load)
     store = ray.remote(num_cpus=1)(_store)
-    actors = _actors(ray, tracker, num_actors, num_gpus, keep_actors)
+    # The spec must outlive the run: a killed actor is rebuilt from it.
+    spec, actors = _actors(ray, tracker, num_actors, num_gpus, keep_actors)
     work_ref = ray.put(work)
 
     run = _Run(work, on_outcome)
@@ -241,4 +252,5 @@ def run_ray(
         if not keep_actors:
             for actor in actors:
                 ray.kill(actor)
+        del spec
     return run.outcomes
