@@ -6,6 +6,11 @@ queries for both. Time runs from frames in host memory to tracks in host memory;
 pointtrack gets uint8 frames at model resolution (what its decoder produces); the official
 predictor gets full-resolution float frames, as its demo feeds them.
 
+End-to-end rows (``-e2e``) run from an H.264 file of the same frames to tracks in host memory,
+decoding included: pointtrack decodes straight to model resolution; the official side reads
+full-resolution frames as its demos do (`demo.py` the whole video, `online_demo.py` frame by
+frame, a window every ``step`` frames).
+
     python benchmarks/gpu.py --reference .ref/co-tracker --out benchmarks/results/gpu.json
 
 `--reference DIR` is a local copy of the official `cotracker` package (never committed); without
@@ -19,6 +24,7 @@ import gc
 import json
 import platform
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -132,6 +138,83 @@ def official(case: dict, frames_full: torch.Tensor, state_dict: dict, reference:
     return run
 
 
+def encode_video(frames_full: torch.Tensor, path: Path, fps: int = 30) -> Path:
+    """The case's frames as an H.264 file (crf 18): the input of the end-to-end rows."""
+    import av
+
+    T, H, W, _ = frames_full.shape
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        stream.options = {"crf": "18", "preset": "fast"}
+        for image in frames_full.numpy():
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def read_frames(path: Path):
+    """Every frame at full resolution as ``(H, W, 3)`` uint8, as the official demos read them
+    (imageio there; PyAV here, the same FFmpeg decoder)."""
+    import av
+
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            yield frame.to_ndarray(format="rgb24")
+
+
+def ours_e2e(case: dict, path: Path, state_dict: dict, precision: str):
+    """File to tracks: pointtrack decodes straight to model resolution, then tracks."""
+    from pointtrack.trackers import load_tracker
+
+    options = {} if precision == "fp32" else {"precision": precision}
+    tracker = load_tracker(f"cotracker3-{case['mode']}", checkpoint=state_dict, device="cuda",
+                           **options)
+
+    def run():
+        return tracker.track(str(path), grid_size=case["grid"])
+
+    return run
+
+
+def official_e2e(case: dict, path: Path, state_dict: dict, reference: Path):
+    """File to tracks as the official demos do it: `demo.py` reads the whole video into a
+    full-resolution array and hands the predictor a float tensor; `online_demo.py` reads
+    frame by frame and runs a window every ``step`` frames on the last ``2 * step``."""
+    sys.path.insert(0, str(reference))
+    from cotracker.predictor import CoTrackerOnlinePredictor, CoTrackerPredictor
+
+    if case["mode"] == "offline":
+        predictor = CoTrackerPredictor(checkpoint=None, offline=True, window_len=60)
+    else:
+        predictor = CoTrackerOnlinePredictor(checkpoint=None, window_len=16)
+    predictor.model.load_state_dict(state_dict, strict=True)
+    predictor = predictor.cuda()
+
+    def window(frames, first):
+        chunk = torch.tensor(np.stack(frames), device="cuda").float().permute(0, 3, 1, 2)[None]
+        return predictor(chunk, is_first_step=first, grid_size=case["grid"])
+
+    def run():
+        if case["mode"] == "offline":
+            video = torch.from_numpy(np.stack(list(read_frames(path))))
+            video = video.permute(0, 3, 1, 2)[None].float().cuda()
+            tracks, visible = predictor(video, grid_size=case["grid"])
+            return tracks.cpu(), visible.cpu()
+        frames, first, step = [], True, predictor.step
+        for i, frame in enumerate(read_frames(path)):
+            if i % step == 0 and i != 0:
+                tracks, visible = window(frames[-step * 2 :], first)
+                first = False
+            frames.append(frame)
+        tracks, visible = window(frames[-(i % step) - step - 1 :], first)
+        return tracks.cpu(), visible.cpu()
+
+    return run
+
+
 def profile(fn) -> None:
     """Top operators by GPU time and by memory, after a warm-up run."""
     from torch.profiler import ProfilerActivity
@@ -156,6 +239,9 @@ def main(argv=None) -> int:
     p.add_argument("--reference", type=Path, help="local copy of the official co-tracker repo")
     p.add_argument("--skip-reference", default="", help="cases not to run the official code on")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--e2e-precision", default="bf16",
+                   help="comma-separated precisions of the end-to-end (file to tracks) rows; "
+                        "'' for none")
     p.add_argument("--profile", action="store_true",
                    help="print where pointtrack's time and memory go on the first case")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/gpu.json")
@@ -193,17 +279,38 @@ def main(argv=None) -> int:
             )
             gc.collect()
             torch.cuda.empty_cache()
+        e2e = [x for x in args.e2e_precision.split(",") if x]
+        if e2e:
+            with tempfile.TemporaryDirectory(prefix="pointtrack-gpu-") as tmp:
+                path = encode_video(frames_full, Path(tmp) / f"{name}.mp4")
+                if args.reference and name not in args.skip_reference.split(","):
+                    try:
+                        results["official-fp32-e2e"] = measure(
+                            official_e2e(case, path, state_dict, args.reference), args.repeats)
+                    except torch.cuda.OutOfMemoryError:
+                        results["official-fp32-e2e"] = {"seconds": None, "peak_gib": None,
+                                                        "oom": True}
+                    gc.collect()
+                    torch.cuda.empty_cache()
+                for precision in e2e:
+                    results[f"pointtrack-{precision}-e2e"] = measure(
+                        ours_e2e(case, path, state_dict, precision), args.repeats)
+                    gc.collect()
+                    torch.cuda.empty_cache()
         fp32 = results.get("pointtrack-fp32", {}).get("output")
         for impl, r in results.items():
             output = r.pop("output", None)
             if fp32 is not None and output is not None and impl.startswith("pointtrack-") \
-                    and impl != "pointtrack-fp32":
+                    and impl != "pointtrack-fp32" and not impl.endswith("-e2e"):
                 r.update(agreement(output, fp32))
             row = {"case": name, "impl": impl, **case, **r}
             if r.get("seconds"):
                 row["fps"] = case["frames"] / r["seconds"]
-            ref = results.get("official-fp32", {})
-            if impl != "official-fp32" and ref.get("seconds"):
+            # Model-only rows compare with the official model-only row, file-to-tracks rows
+            # with the official file-to-tracks row.
+            ref = results.get("official-fp32-e2e" if impl.endswith("-e2e") else "official-fp32",
+                              {})
+            if not impl.startswith("official-") and ref.get("seconds"):
                 row["speedup"] = ref["seconds"] / r["seconds"]
                 row["memory_ratio"] = ref["peak_gib"] / r["peak_gib"]
             rows.append(row)
@@ -219,7 +326,7 @@ def main(argv=None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"\n{meta['device']}, torch {meta['torch']}, {meta['date']}")
-    print(f"{'case':28} {'impl':18} {'s':>7} {'fps':>7} {'GiB':>7} {'x faster':>8} {'x leaner':>8}"
+    print(f"{'case':28} {'impl':22} {'s':>7} {'fps':>7} {'GiB':>7} {'x faster':>8} {'x leaner':>8}"
           f" {'vs fp32 px (med/p95)':>20} {'vis agree':>9}")
     for row in rows:
         print(_row(row))
@@ -231,9 +338,9 @@ def _row(row: dict) -> str:
         return format(v, fmt) if isinstance(v, int | float) else "-"
 
     if row.get("oom"):
-        return f"{row['case']:28} {row['impl']:18} {'out of memory':>23}"
+        return f"{row['case']:28} {row['impl']:22} {'out of memory':>23}"
     return (
-        f"{row['case']:28} {row['impl']:18} {f(row.get('seconds'), '7.3f')} "
+        f"{row['case']:28} {row['impl']:22} {f(row.get('seconds'), '7.3f')} "
         f"{f(row.get('fps'), '7.1f')} {f(row.get('peak_gib'), '7.2f')} "
         f"{f(row.get('speedup'), '8.1f')} {f(row.get('memory_ratio'), '8.1f')}"
         + (f" {row['vs_fp32_median_px']:9.3f}/{row['vs_fp32_p95_px']:<10.3f}"
