@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -223,14 +224,16 @@ class Tracker(ABC):
         return 0
 
     def check_memory(self, num_frames: int, source_size: tuple[int, int], num_points: int,
-                     what: str = "the clip", held_frames: int | None = None) -> None:
+                     what: str = "the clip", held_frames: int | None = None,
+                     on_device: bool = True) -> None:
         """`PromptError` before anything is decoded when tracking ``num_frames`` frames would
         not fit in memory; the message says how to track fewer frames at once.
-        ``held_frames`` as in `memory_estimate` (a streamed run)."""
+        ``held_frames`` as in `memory_estimate` (a streamed run). ``on_device``: check the
+        accelerator's memory too (False in a process that decodes for a tracker elsewhere)."""
         need = self.memory_estimate(num_frames, source_size, num_points, held_frames)
         have = available_memory()
         where = "memory"
-        device_need = self.device_memory_estimate(num_frames, num_points)
+        device_need = self.device_memory_estimate(num_frames, num_points) if on_device else 0
         if need <= have and device_need:
             import torch
 
@@ -245,6 +248,11 @@ class Tracker(ABC):
             f"{what}: {num_frames} frames with {self.name} need about {_gib(need)} of {where}, "
             f"{_gib(have)} available; {advice}"
         )
+
+    def estimator(self) -> Tracker:
+        """A copy of this tracker for `check_memory` in another process (a Ray worker that
+        decodes): the same estimates, without a model. Engines that hold one drop it here."""
+        return copy.copy(self)
 
     def track(
         self,

@@ -171,6 +171,13 @@ class _CoTracker3Engine(Tracker):
         """Frames whose features are held at once."""
         return num_frames
 
+    def estimator(self) -> _CoTracker3Engine:
+        # Neither the network nor the weights (a state dict, maybe) travel: estimates need
+        # only the device and the options.
+        light = super().estimator()
+        light._model, light._staging, light.checkpoint = None, None, None
+        return light
+
     @property
     def model(self):
         """The network with its weights, loaded on first use (`CheckpointError` if it can't)."""
