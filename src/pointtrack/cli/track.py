@@ -225,13 +225,13 @@ def run_track(args: argparse.Namespace) -> int:
         batch = stream_batch(tracker.input_size or info.size)
     # A streamed run holds the batch being decoded and the last one pushed (the engine's
     # window keeps views into it).
-    rows = check_before_decoding(args, queries, mask, tracker, info,
+    sampled = check_before_decoding(args, queries, mask, tracker, info,
                                  held_frames=2 * batch if batch else None)
     out = Path(args.out) if args.out else Path(Path(args.video).stem + ".tracks.npz")
     output_paths(args, out)
 
     if batch:
-        tracks = track_streamed(args, tracker, queries, mask, info, rows, batch)
+        tracks = track_streamed(args, tracker, queries, mask, info, sampled, batch)
     else:
         tracks = track_decoded(args, tracker, queries, mask)
     tracks.options.setdefault("source", str(args.video))
@@ -269,16 +269,17 @@ def track_decoded(args, tracker, queries, mask):
     return tracks
 
 
-def track_streamed(args, tracker, queries, mask, info, rows: np.ndarray, batch: int):
+def track_streamed(args, tracker, queries, mask, info, sampled: np.ndarray, batch: int):
     """Decode ``batch`` frames at a time into the engine's stream: memory holds a batch and
-    the engine's window, whatever the clip's length. ``rows`` are the source frame numbers
-    sampled (what the prompt's frames map to); the tracks come out as `track_decoded`'s."""
+    the engine's window, whatever the clip's length. ``sampled``: the source frame numbers
+    the sampling keeps (the prompt's frames become rows of them before any is decoded); the
+    tracks come out as `track_decoded`'s."""
     from tqdm.auto import tqdm
 
     from ..video import VideoError, iter_frames, sampled_fps
 
     started = time.perf_counter()
-    queries, grid_row = prompt_rows(args, queries, mask, rows)
+    queries, grid_row = prompt_rows(args, queries, mask, sampled)
     size = tracker.input_size or info.size
     print(f"tracking with {args.engine} while decoding at {size[0]}x{size[1]}, "
           f"{batch} frames at a time...")
@@ -286,7 +287,7 @@ def track_streamed(args, tracker, queries, mask, info, rows: np.ndarray, batch: 
                             grid_query_frame=grid_row, source_size=info.size)
     frames = iter_frames(args.video, size=tracker.input_size, **sampling(args))
     # disable=None: no bar when stderr is not a terminal (logs, CI, pipes).
-    bar = tqdm(frames, desc="track", unit="frame", leave=False, disable=None, total=len(rows))
+    bar = tqdm(frames, desc="track", unit="frame", leave=False, disable=None, total=len(sampled))
     numbers: list[int] = []
     chunk: list[np.ndarray] = []
     for frame in bar:
