@@ -1,28 +1,20 @@
 """The overlays grouped dataset in the FiftyOne App, in a real browser: the grid shows the
 ``original`` slice, and a sample's modal shows its group with both slices side by side.
 
-The App server runs in a subprocess on the test's MongoDB, as in test_app_browser.py.
+The App server runs in a subprocess on the test's MongoDB (tests/_browser.py).
 Screenshot: ``app_overlays.png`` in ``$POINTTRACK_TEST_ARTIFACTS``.
 """
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 
 import pytest
+from _browser import PAGE_TIMEOUT_MS, app_server, artifacts, browser_page, image, needs_chromium
 from conftest import textured_frames
-from test_app_browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    PAGE_TIMEOUT_MS,
-    _artifacts,
-    _image,
-    app_server,
-)
 
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} missing")
+pytestmark = needs_chromium
 
 NUM_VIDEOS = 2
 
@@ -52,48 +44,34 @@ def overlays_url(tmp_path):
 
 
 def test_app_shows_original_and_overlay_side_by_side(overlays_url):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     wait = {"timeout": PAGE_TIMEOUT_MS}
-    failure = _artifacts() / "app_overlays_failure.png"
-    failure.unlink(missing_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=60_000)
-        page = browser.new_page(viewport={"width": 1280, "height": 720})
-        page.set_default_timeout(PAGE_TIMEOUT_MS)
-        page.route("**/*", lambda route: route.continue_()
-                   if route.request.url.startswith(("http://127.0.0.1", "data:", "blob:"))
-                   else route.abort())
-        try:
-            page.goto(overlays_url)
-            # The grid: one tile per group (the default slice, original), keypoints listed.
-            expect(page.locator('[data-cy="sidebar-field-frames.tracks"]')).to_be_visible(**wait)
-            canvases = page.locator('[data-cy="looker"] canvas[canvas-loaded="true"]')
-            expect(canvases).to_have_count(NUM_VIDEOS, **wait)
-            dismiss = page.get_by_role("button", name="Dismiss")
-            if dismiss.count():
-                dismiss.first.click()
-            page.locator('[data-cy="looker"]').first.click()
-            # The modal: the group's carousel holds both slices.
-            carousel = page.locator('[data-cy="group-carousel"]')
-            expect(carousel).to_be_visible(**wait)
-            tiles = carousel.locator("canvas")
-            expect(tiles).to_have_count(2, **wait)
-            deadline = time.monotonic() + PAGE_TIMEOUT_MS / 1000
-            while True:  # both tiles drawn (video texture, not a flat placeholder)
-                spread = [float(_image(tiles.nth(i).screenshot()).std()) for i in range(2)]
-                if min(spread) > 8:  # the texture is low-contrast; a placeholder is flat
-                    break
-                assert time.monotonic() < deadline, f"carousel tiles blank: std {spread}"
-                page.wait_for_timeout(1000)
+    with browser_page(artifacts() / "app_overlays_failure.png") as page:
+        page.goto(overlays_url)
+        # The grid: one tile per group (the default slice, original), keypoints listed.
+        expect(page.locator('[data-cy="sidebar-field-frames.tracks"]')).to_be_visible(**wait)
+        canvases = page.locator('[data-cy="looker"] canvas[canvas-loaded="true"]')
+        expect(canvases).to_have_count(NUM_VIDEOS, **wait)
+        dismiss = page.get_by_role("button", name="Dismiss")
+        if dismiss.count():
+            dismiss.first.click()
+        page.locator('[data-cy="looker"]').first.click()
+        # The modal: the group's carousel holds both slices.
+        carousel = page.locator('[data-cy="group-carousel"]')
+        expect(carousel).to_be_visible(**wait)
+        tiles = carousel.locator("canvas")
+        expect(tiles).to_have_count(2, **wait)
+        deadline = time.monotonic() + PAGE_TIMEOUT_MS / 1000
+        while True:  # both tiles drawn (video texture, not a flat placeholder)
+            spread = [float(image(tiles.nth(i).screenshot()).std()) for i in range(2)]
+            if min(spread) > 8:  # the texture is low-contrast; a placeholder is flat
+                break
+            assert time.monotonic() < deadline, f"carousel tiles blank: std {spread}"
             page.wait_for_timeout(1000)
-            page.screenshot(path=str(_artifacts() / "app_overlays.png"))
-            carousel_text = carousel.inner_text()
-            text = page.locator("body").inner_text()
-        except Exception:
-            page.screenshot(path=str(failure))
-            raise
-        finally:
-            browser.close()
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(artifacts() / "app_overlays.png"))
+        carousel_text = carousel.inner_text()
+        text = page.locator("body").inner_text()
     assert "overlay" in carousel_text  # the overlay slice's tile is labelled in the carousel
     assert "original" in text  # the slice shown, named in the modal's header

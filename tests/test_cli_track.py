@@ -106,3 +106,122 @@ def test_info(make_video):
     path, _ = make_video(num_frames=7, size=(160, 120), fps=10)
     r = run_cli("info", path)
     assert r.returncode == 0 and "160x120" in r.stdout and "7" in r.stdout
+
+
+# -- Streaming: decoded a batch at a time into the engine's stream ----------------------------
+
+
+def track_both_ways(monkeypatch, tmp_path, video, *args) -> tuple[Tracks, Tracks]:
+    """`track VIDEO ARGS` streamed (5 frames a push) and from the whole decoded clip."""
+    from pointtrack.cli import main
+    from pointtrack.cli import track as track_cli
+
+    def refuse(*_):
+        raise AssertionError("the clip was decoded whole, not streamed")
+
+    monkeypatch.setattr(track_cli, "STREAM_BATCH_FRAMES", 5)
+    with monkeypatch.context() as m:
+        m.setattr(track_cli, "track_decoded", refuse)
+        assert main(["track", str(video), *map(str, args), "--out", str(tmp_path / "s.npz")]) == 0
+    with monkeypatch.context() as m:
+        m.setattr(track_cli, "use_stream", lambda *_: False)
+        assert main(["track", str(video), *map(str, args), "--out", str(tmp_path / "d.npz")]) == 0
+    return Tracks.load(tmp_path / "s.npz"), Tracks.load(tmp_path / "d.npz")
+
+
+@pytest.mark.parametrize("args, frames", [
+    (["--grid-size", 5, "--every", 2], [0, 2, 4, 6, 8, 10]),
+    (["--grid-size", 4, "--fps", 4, "--start", 0.3, "--grid-query-frame", 3], [3, 6, 8, 11]),
+    (["--queries", "QFILE", "--start", 0.2, "--max-frames", 7], list(range(2, 9))),
+])
+def test_lk_streamed_equals_decoded(make_video, tmp_path, monkeypatch, args, frames):
+    """The CLI streams LK (points on the first tracked frame): the same Tracks as tracking
+    the decoded clip, whatever the sampling; pushes of 5 frames cross the clip's middle."""
+    path, _ = make_video(num_frames=12, size=(160, 120), fps=10)
+    qfile = tmp_path / "q.csv"
+    qfile.write_text("frame,x,y\n2,80,60\n2,30.5,20.25\n2,0,119\n")
+    args = [qfile if a == "QFILE" else a for a in args]
+    streamed, decoded = track_both_ways(monkeypatch, tmp_path, path, *args)
+    assert streamed.frame_numbers.tolist() == frames
+    assert streamed.equals(decoded)
+    assert streamed.visible[1:].mean() > 0.5  # the texture is really tracked
+
+
+def test_lk_late_queries_are_not_streamed(make_video, tmp_path, monkeypatch):
+    """LK's stream tracks forward only: a point that starts after the first frame is tracked
+    from the decoded clip, backward too."""
+    from pointtrack.cli import main
+    from pointtrack.cli import track as track_cli
+
+    path, _ = make_video(num_frames=12, size=(160, 120), fps=10)
+    qfile = tmp_path / "q.csv"
+    qfile.write_text("0,80,60\n4,70,50\n")
+    decoded = []
+    track_decoded = track_cli.track_decoded
+    monkeypatch.setattr(track_cli, "track_decoded",
+                        lambda *a: decoded.append(1) or track_decoded(*a))
+    out = tmp_path / "t.npz"
+    assert main(["track", str(path), "--queries", str(qfile), "--out", str(out)]) == 0
+    tracks = Tracks.load(out)
+    assert decoded and tracks.visible[:4, 1].any()  # tracked back from frame 4
+    assert "stream" not in tracks.options
+
+
+@pytest.fixture(scope="module")
+def online_checkpoint(tmp_path_factory):
+    import torch
+
+    from pointtrack.models.cotracker3 import CoTracker3Online
+    from pointtrack.models.weights import model_shapes, synthetic_state_dict
+
+    path = tmp_path_factory.mktemp("weights") / "online.pth"
+    torch.save(synthetic_state_dict(model_shapes(CoTracker3Online()), seed=0), path)
+    return path
+
+
+def test_online_streamed_equals_decoded(make_video, tmp_path, monkeypatch, online_checkpoint):
+    """cotracker3-online (synthetic weights) streamed in pushes of 5 frames: the same Tracks
+    as the whole decoded clip, over two windows, with queries on a later frame too."""
+    path, _ = make_video(num_frames=20, size=(96, 64), fps=10)
+    qfile = tmp_path / "q.csv"
+    qfile.write_text("1,40,30\n9,70.5,20\n19,95,63\n")
+    streamed, decoded = track_both_ways(
+        monkeypatch, tmp_path, path, "--engine", "cotracker3-online", "--checkpoint",
+        online_checkpoint, "--device", "cpu", "--queries", qfile, "--start", 0.1)
+    assert streamed.frame_numbers.tolist() == list(range(1, 20))
+    assert streamed.frame_size == (96, 64) and streamed.fps == pytest.approx(10.0)
+    assert streamed.equals(decoded)
+    # A mask (in source pixels) on a later grid frame; one window, to keep the test short.
+    mask = np.zeros((64, 96), np.uint8)
+    mask[10:50, 20:80] = 255
+    cv2.imwrite(str(tmp_path / "m.png"), mask)
+    streamed, decoded = track_both_ways(
+        monkeypatch, tmp_path, path, "--engine", "cotracker3-online", "--checkpoint",
+        online_checkpoint, "--device", "cpu", "--grid-size", 4, "--mask", tmp_path / "m.png",
+        "--grid-query-frame", 6, "--max-frames", 9)
+    assert streamed.num_frames == 9 and streamed.equals(decoded)
+
+
+def test_streamed_run_is_not_refused_for_memory(tmp_path, monkeypatch):
+    """A streamed run holds a batch of frames, not the clip: 1500 frames pass a memory limit
+    that refuses decoding them whole (and --backward, which needs the whole clip)."""
+    from pointtrack.cli import main
+    from pointtrack.trackers import PromptError, load_tracker
+    from pointtrack.video import write_video
+
+    frames = np.random.default_rng(0).integers(0, 255, (24, 32, 3), np.uint8)
+    video = write_video(tmp_path / "long.mp4", (frames for _ in range(1500)), fps=30)
+    # LK at 32x24: ~4.6 MB for the decoded clip and its gray copies, ~0.2 MB streamed.
+    monkeypatch.setenv("POINTTRACK_MEMORY_LIMIT", "2M")
+    out = tmp_path / "t.npz"
+    assert main(["track", str(video), "--grid-size", "2", "--out", str(out)]) == 0
+    assert Tracks.load(out).num_frames == 1500
+    assert main(["track", str(video), "--grid-size", "2", "--backward",
+                 "--out", str(tmp_path / "b.npz")]) == 2
+    assert not (tmp_path / "b.npz").exists()
+    # Online CoTracker3 holds one window: the check passes for a clip of any length.
+    online = load_tracker("cotracker3-online", checkpoint="unused.pth")
+    monkeypatch.setenv("POINTTRACK_MEMORY_LIMIT", "2G")
+    with pytest.raises(PromptError, match="100000 frames with cotracker3-online"):
+        online.check_memory(100_000, (1920, 1080), 100)
+    online.check_memory(100_000, (1920, 1080), 100, held_frames=64)

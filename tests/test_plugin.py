@@ -11,6 +11,14 @@ import fiftyone as fo
 import fiftyone.operators as foo
 import numpy as np
 import pytest
+from _browser import (
+    PAGE_TIMEOUT_MS,
+    app_server,
+    assert_field_drawn,
+    browser_page,
+    hide_and_show,
+    needs_chromium,
+)
 from conftest import textured_frames
 from fiftyone.operators.delegated import DelegatedOperationService
 from fiftyone.operators.executor import ExecutionContext, ExecutionError, ExecutionRunState
@@ -319,8 +327,6 @@ def app_with_plugin(videos, tmp_path):
     ``videos`` (made persistent: the server process must see it); the server is stopped after."""
     import os
 
-    from test_app_browser import app_server
-
     videos.persistent = True
     # Legacy orchestrators: how open-source FiftyOne lets the App queue delegated runs.
     env = {**os.environ, "FIFTYONE_PLUGINS_DIR": str(PLUGINS_DIR),
@@ -329,144 +335,114 @@ def app_with_plugin(videos, tmp_path):
         yield f"{url}/datasets/{videos.name}", tail
 
 
+@needs_chromium
 def test_track_points_from_the_app(videos, app_with_plugin, artifacts_dir):
     """Screenshots in $POINTTRACK_TEST_ARTIFACTS: plugin_browser.png (the operator browser),
     plugin_prompt.png (the form; docs/plugin.png is a copy), plugin_output.png, plugin_grid.png,
     plugin_evaluate.png, plugin_evaluate_output.png, plugin_delegate.png."""
     import time
 
-    from playwright.sync_api import expect, sync_playwright
-    from test_app_browser import CHROMIUM, CHROMIUM_ARGS, PAGE_TIMEOUT_MS, _image
+    from playwright.sync_api import expect
 
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} missing: run scripts/install_test_tools.sh")
     url, server_log = app_with_plugin
     wait = {"timeout": PAGE_TIMEOUT_MS}
-    failure = artifacts_dir / "plugin_failure.png"
-    failure.unlink(missing_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=60_000)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        page.set_default_timeout(PAGE_TIMEOUT_MS)
-        page.route("**/*", lambda route: route.continue_()
-                   if route.request.url.startswith(("http://127.0.0.1", "data:", "blob:"))
-                   else route.abort())
-        try:
-            page.goto(url)
-            tiles = page.locator('[data-cy="looker"]')
-            expect(page.locator('[data-cy="looker"] canvas[canvas-loaded="true"]')).to_have_count(
-                NUM_VIDEOS, **wait)
-            dismiss = page.get_by_role("button", name="Dismiss")  # an "Enterprise" pop-up
-            if dismiss.count():
-                dismiss.first.click()
+    with browser_page(artifacts_dir / "plugin_failure.png", height=800) as page:
+        page.goto(url)
+        tiles = page.locator('[data-cy="looker"]')
+        expect(page.locator('[data-cy="looker"] canvas[canvas-loaded="true"]')).to_have_count(
+            NUM_VIDEOS, **wait)
+        dismiss = page.get_by_role("button", name="Dismiss")  # an "Enterprise" pop-up
+        if dismiss.count():
+            dismiss.first.click()
 
-            # The operator browser (backtick) lists both operators when searching "track".
-            page.mouse.click(640, 60)
-            page.keyboard.press("`")
-            operators = page.locator('[data-cy="operators-browser"]')
-            expect(operators).to_be_visible(**wait)
-            page.keyboard.type("track")
-            expect(operators.get_by_text("Track points", exact=True)).to_be_visible()
-            expect(operators.get_by_text("Evaluate tracks", exact=True)).to_be_visible()
-            page.screenshot(path=str(artifacts_dir / "plugin_browser.png"))
+        # The operator browser (backtick) lists both operators when searching "track".
+        page.mouse.click(640, 60)
+        page.keyboard.press("`")
+        operators = page.locator('[data-cy="operators-browser"]')
+        expect(operators).to_be_visible(**wait)
+        page.keyboard.type("track")
+        expect(operators.get_by_text("Track points", exact=True)).to_be_visible()
+        expect(operators.get_by_text("Evaluate tracks", exact=True)).to_be_visible()
+        page.screenshot(path=str(artifacts_dir / "plugin_browser.png"))
 
-            # Its form, with the defaults: lk, a 10 x 10 grid, into frames.tracks.
-            operators.get_by_text("Track points", exact=True).click()
-            prompt = page.locator('[data-cy="operators-prompt-modal"]')
-            expect(prompt).to_be_visible(**wait)
-            expect(prompt.get_by_text("Engine")).to_be_visible(**wait)
-            expect(prompt.get_by_text("Output field")).to_be_visible()
+        # Its form, with the defaults: lk, a 10 x 10 grid, into frames.tracks.
+        operators.get_by_text("Track points", exact=True).click()
+        prompt = page.locator('[data-cy="operators-prompt-modal"]')
+        expect(prompt).to_be_visible(**wait)
+        expect(prompt.get_by_text("Engine")).to_be_visible(**wait)
+        expect(prompt.get_by_text("Output field")).to_be_visible()
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(artifacts_dir / "plugin_prompt.png"))
+        prompt.get_by_role("button", name="Execute").click()
+
+        # The run writes the keypoints to MongoDB...
+        deadline = time.monotonic() + PAGE_TIMEOUT_MS / 1000
+        while len(videos.exists("tracks_result")) < NUM_VIDEOS:
+            assert time.monotonic() < deadline, f"no tracks written:\n{server_log()}"
+            page.wait_for_timeout(1000)  # not time.sleep: the page's routes must be served
+        videos.reload()
+        assert videos.count("frames.tracks") == NUM_VIDEOS * NUM_FRAMES
+
+        # The operator's output: what was tracked.
+        expect(prompt.get_by_text("Videos tracked")).to_be_visible(**wait)
+        expect(prompt).to_contain_text(f"tracks: {NUM_VIDEOS} tracked, 0 skipped")
+        page.screenshot(path=str(artifacts_dir / "plugin_output.png"))
+        prompt.get_by_role("button", name="Close").click()
+        expect(prompt).to_be_hidden()
+
+        # ... and the reloaded grid lists and draws them.
+        field = page.locator('[data-cy="sidebar-field-frames.tracks"]')
+        expect(field).to_be_visible(**wait)
+        expect(page.locator('[data-cy="looker"] canvas[canvas-loaded="true"]')).to_have_count(
+            NUM_VIDEOS, **wait)
+        page.mouse.move(700, 780)
+        page.wait_for_timeout(2000)
+        shots = hide_and_show(page, "frames.tracks", tiles.first)
+        page.screenshot(path=str(artifacts_dir / "plugin_grid.png"))
+
+        # Evaluate tracks: the tracks against themselves score 1 on every metric.
+        page.keyboard.press("`")
+        expect(operators).to_be_visible(**wait)
+        page.keyboard.type("evaluate tracks")
+        operators.get_by_text("Evaluate tracks", exact=True).click()
+        expect(prompt.get_by_text("Ground truth", exact=True)).to_be_visible(**wait)
+        for i in range(2):  # predictions, then ground truth
+            prompt.get_by_role("combobox").nth(i).click()
+            page.get_by_role("option", name="tracks", exact=True).click()
+            page.wait_for_timeout(500)
+        page.screenshot(path=str(artifacts_dir / "plugin_evaluate.png"))
+        prompt.get_by_role("button", name="Execute").click()
+        expect(prompt.get_by_text("Average Jaccard")).to_be_visible(**wait)
+        page.screenshot(path=str(artifacts_dir / "plugin_evaluate_output.png"))
+        expect(prompt).to_contain_text("Videos scored")
+        prompt.get_by_role("button", name="Close").click()
+        expect(prompt).to_be_hidden()
+        videos.reload()
+        assert videos.values("eval_aj") == [1.0] * NUM_VIDEOS
+
+        # "Delegate" in the form queues the run for `fiftyone delegated launch`.
+        page.keyboard.press("`")
+        expect(operators).to_be_visible(**wait)
+        page.keyboard.type("track points")
+        operators.get_by_text("Track points", exact=True).click()
+        expect(prompt.get_by_text("Delegate", exact=True)).to_be_visible(**wait)
+        prompt.get_by_text("Delegate", exact=True).click()
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(artifacts_dir / "plugin_delegate.png"))
+        prompt.get_by_role("button", name="Schedule").click()
+        service = DelegatedOperationService()
+        deadline = time.monotonic() + PAGE_TIMEOUT_MS / 1000
+        while not service.list_operations(dataset_name=videos.name, operator=TRACK):
+            assert time.monotonic() < deadline, f"nothing queued:\n{server_log()}"
             page.wait_for_timeout(1000)
-            page.screenshot(path=str(artifacts_dir / "plugin_prompt.png"))
-            prompt.get_by_role("button", name="Execute").click()
-
-            # The run writes the keypoints to MongoDB...
-            deadline = time.monotonic() + PAGE_TIMEOUT_MS / 1000
-            while len(videos.exists("tracks_result")) < NUM_VIDEOS:
-                assert time.monotonic() < deadline, f"no tracks written:\n{server_log()}"
-                page.wait_for_timeout(1000)  # not time.sleep: the page's routes must be served
-            videos.reload()
-            assert videos.count("frames.tracks") == NUM_VIDEOS * NUM_FRAMES
-
-            # The operator's output: what was tracked.
-            expect(prompt.get_by_text("Videos tracked")).to_be_visible(**wait)
-            expect(prompt).to_contain_text(f"tracks: {NUM_VIDEOS} tracked, 0 skipped")
-            page.screenshot(path=str(artifacts_dir / "plugin_output.png"))
-            prompt.get_by_role("button", name="Close").click()
-            expect(prompt).to_be_hidden()
-
-            # ... and the reloaded grid lists and draws them.
-            field = page.locator('[data-cy="sidebar-field-frames.tracks"]')
-            expect(field).to_be_visible(**wait)
-            expect(page.locator('[data-cy="looker"] canvas[canvas-loaded="true"]')).to_have_count(
-                NUM_VIDEOS, **wait)
-            page.mouse.move(700, 780)
-            page.wait_for_timeout(2000)
-            tile = tiles.first
-            with_tracks = _image(tile.screenshot())
-            checkbox = page.locator('[data-cy="checkbox-frames.tracks"]')
-            expect(checkbox.locator("input")).to_be_checked()
-            checkbox.click()
-            expect(checkbox.locator("input")).not_to_be_checked()
-            page.wait_for_timeout(1500)
-            without = _image(tile.screenshot())
-            checkbox.click()
-            page.wait_for_timeout(1500)
-            again = _image(tile.screenshot())
-            page.screenshot(path=str(artifacts_dir / "plugin_grid.png"))
-
-            # Evaluate tracks: the tracks against themselves score 1 on every metric.
-            page.keyboard.press("`")
-            expect(operators).to_be_visible(**wait)
-            page.keyboard.type("evaluate tracks")
-            operators.get_by_text("Evaluate tracks", exact=True).click()
-            expect(prompt.get_by_text("Ground truth", exact=True)).to_be_visible(**wait)
-            for i in range(2):  # predictions, then ground truth
-                prompt.get_by_role("combobox").nth(i).click()
-                page.get_by_role("option", name="tracks", exact=True).click()
-                page.wait_for_timeout(500)
-            page.screenshot(path=str(artifacts_dir / "plugin_evaluate.png"))
-            prompt.get_by_role("button", name="Execute").click()
-            expect(prompt.get_by_text("Average Jaccard")).to_be_visible(**wait)
-            page.screenshot(path=str(artifacts_dir / "plugin_evaluate_output.png"))
-            expect(prompt).to_contain_text("Videos scored")
-            prompt.get_by_role("button", name="Close").click()
-            expect(prompt).to_be_hidden()
-            videos.reload()
-            assert videos.values("eval_aj") == [1.0] * NUM_VIDEOS
-
-            # "Delegate" in the form queues the run for `fiftyone delegated launch`.
-            page.keyboard.press("`")
-            expect(operators).to_be_visible(**wait)
-            page.keyboard.type("track points")
-            operators.get_by_text("Track points", exact=True).click()
-            expect(prompt.get_by_text("Delegate", exact=True)).to_be_visible(**wait)
-            prompt.get_by_text("Delegate", exact=True).click()
-            page.wait_for_timeout(1000)
-            page.screenshot(path=str(artifacts_dir / "plugin_delegate.png"))
-            prompt.get_by_role("button", name="Schedule").click()
-            service = DelegatedOperationService()
-            deadline = time.monotonic() + PAGE_TIMEOUT_MS / 1000
-            while not service.list_operations(dataset_name=videos.name, operator=TRACK):
-                assert time.monotonic() < deadline, f"nothing queued:\n{server_log()}"
-                page.wait_for_timeout(1000)
-            queued = service.list_operations(dataset_name=videos.name, operator=TRACK)
-            assert [op.run_state for op in queued] == [ExecutionRunState.QUEUED]
-            assert queued[0].context.request_params["params"]["delegate"] is True
-        except Exception:
-            page.screenshot(path=str(failure))
-            raise
-        finally:
-            browser.close()
-    changed = np.abs(with_tracks - without).max(axis=2) > 40
-    restored = np.abs(with_tracks - again).max(axis=2) > 40
-    print(f"pixels changed by hiding frames.tracks: {changed.sum()}, after showing it again: "
-          f"{restored.sum()}")
-    assert changed.sum() > 20 * 10, "hiding frames.tracks changed nothing on the tile"
-    assert restored.sum() < changed.sum() / 4, "showing frames.tracks again did not restore it"
+        queued = service.list_operations(dataset_name=videos.name, operator=TRACK)
+        assert [op.run_state for op in queued] == [ExecutionRunState.QUEUED]
+        assert queued[0].context.request_params["params"]["delegate"] is True
+    assert_field_drawn(shots, "frames.tracks", 20 * 10)
     # One colour per track (the colour scheme the operator set), not one for the whole field.
     from matplotlib.colors import rgb_to_hsv
 
+    with_tracks, without, _ = shots
     cores = np.abs(with_tracks - without).max(axis=2) > 100  # the points' centres
     hsv = rgb_to_hsv(with_tracks[cores] / 255.0)
     hues = (hsv[hsv[:, 1] > 0.5, 0] * 12).astype(int)  # saturated pixels, 12 hue bins

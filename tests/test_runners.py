@@ -6,6 +6,7 @@ bit (lk is deterministic), the same per-frame keypoints, the same error on a bro
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -230,6 +231,56 @@ def test_ray_worker_killed_mid_run(ray_cluster, dataset):
     ptf.track_dataset(dataset, load_tracker("lk"), "ref", grid_size=3, backend="sequential",
                       progress=False)
     assert_same_run(dataset, "ray", "ref")
+
+
+def test_ray_clip_too_long_for_memory_is_a_recorded_error(dataset, monkeypatch):
+    """A Ray run checks each clip's memory where it is decoded, on the worker, against the
+    driver's POINTTRACK_MEMORY_LIMIT (which the cluster the runner starts hands its workers):
+    each sample records the local runner's message. In a child process, so that the runner
+    starts the cluster (the module's cluster was started without the limit)."""
+    pytest.importorskip("ray")
+    from pointtrack.runners.ray import worker_env
+
+    monkeypatch.setenv("POINTTRACK_MEMORY_LIMIT", "1K")
+    assert worker_env()["POINTTRACK_MEMORY_LIMIT"] == "1K"  # a remote node's workers get it
+    local = ptf.track_dataset(dataset, load_tracker("lk"), "local", grid_size=3, progress=False)
+    script = textwrap.dedent("""
+        import json, sys
+        import fiftyone as fo
+        import pointtrack.fiftyone as ptf
+        from pointtrack.trackers import load_tracker
+
+        summary = ptf.track_dataset(fo.load_dataset(sys.argv[1]), load_tracker("lk"), "ray",
+                                    grid_size=3, backend="ray", progress=False,
+                                    runner_options={"num_actors": 1})
+        print(json.dumps(summary.failed))
+    """)
+    r = subprocess.run([sys.executable, "-c", script, dataset.name], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    failed = json.loads(r.stdout.strip().splitlines()[-1])
+    assert len(failed) == NUM_VIDEOS + 1 and failed == local.failed
+    good = [e for e in failed.values() if "broken.mp4" not in e]
+    assert all("track fewer frames" in e and "0.0 GiB available" in e for e in good), good
+    assert not dataset.exists("ray_result")
+
+
+def test_estimator_travels_without_the_model():
+    """What a Ray run ships to the workers that decode: the engine's estimates, not its
+    weights (here an in-memory state dict, which the tracker itself keeps)."""
+    import pickle
+
+    from pointtrack.models.cotracker3 import CoTracker3Offline
+    from pointtrack.models.weights import model_shapes, synthetic_state_dict
+
+    weights = synthetic_state_dict(model_shapes(CoTracker3Offline()))
+    tracker = load_tracker("cotracker3-offline", checkpoint=weights)
+    data = pickle.dumps(tracker.estimator())
+    assert len(data) < 10_000 and tracker.checkpoint is weights
+    copy = pickle.loads(data)
+    args = (1500, (1920, 1080), 100)
+    assert copy.memory_estimate(*args) == tracker.memory_estimate(*args)
+    assert copy.device_memory_estimate(1500, 100) == tracker.device_memory_estimate(1500, 100)
 
 
 # -- CLI -------------------------------------------------------------------------------------

@@ -21,17 +21,23 @@ def _needs_videos(ctx, inputs) -> bool:
     """False (with a warning on the form) unless the App shows a video dataset."""
     if ctx.dataset is not None and ctx.dataset.media_type == "video":
         return True
-    warning = inputs.str("no_videos", label="pointtrack works on video datasets",
-                         view=types.Warning())
-    warning.invalid = True
+    _refuse(inputs, "no_videos", "pointtrack works on video datasets")
     return False
 
 
-def _dropdown(choices) -> types.DropdownView:
+def _refuse(inputs, name: str, label: str) -> None:
+    """A warning on the form that keeps it from being executed."""
+    warning = inputs.str(name, label=label, view=types.Warning())
+    warning.invalid = True
+
+
+def _choice(inputs, name: str, choices, label: str, **options):
+    """Input ``name``: one of ``choices`` (engines, field names), in a dropdown that shows
+    each as it is; ``options`` as for ``inputs.enum`` (default, required, description)."""
     view = types.DropdownView()
     for choice in choices:
         view.add_choice(choice, label=choice)
-    return view
+    return inputs.enum(name, list(choices), label=label, view=view, **options)
 
 
 class TrackPoints(foo.Operator):
@@ -56,8 +62,7 @@ class TrackPoints(foo.Operator):
         if _needs_videos(ctx, inputs):
             inputs.view_target(ctx, action_description="Track points in")
             engine = ctx.params.get("engine") or "lk"
-            inputs.enum("engine", plugin.ENGINES, default="lk", label="Engine",
-                        view=_dropdown(plugin.ENGINES))
+            _choice(inputs, "engine", plugin.ENGINES, "Engine", default="lk")
             if engine != "lk":
                 inputs.str("checkpoint", label="Checkpoint",
                            description="A path, URL or registry name (default: the official "
@@ -72,10 +77,9 @@ class TrackPoints(foo.Operator):
                                    "prompted")
             prompts = plugin.prompt_fields(ctx.dataset)
             if prompts:
-                inputs.enum("prompt_field", prompts, label="Prompt field",
-                            description="Start from these labels on the first tracked frame "
-                                        "(default: a grid over the frame)",
-                            view=_dropdown(prompts))
+                _choice(inputs, "prompt_field", prompts, "Prompt field",
+                        description="Start from these labels on the first tracked frame "
+                                    "(default: a grid over the frame)")
             inputs.enum("sampling", ["every", "fps"], default="every", label="Sampling",
                         view=types.RadioGroup())
             if (ctx.params.get("sampling") or "every") == "every":
@@ -149,15 +153,11 @@ class EvaluateTracks(foo.Operator):
         if _needs_videos(ctx, inputs):
             fields = plugin.tracks_fields(ctx.dataset)
             if not fields:
-                warning = inputs.str("no_tracks", label="No tracks fields: run Track points "
-                                     "first", view=types.Warning())
-                warning.invalid = True
+                _refuse(inputs, "no_tracks", "No tracks fields: run Track points first")
                 return types.Property(inputs, view=types.View(label="Evaluate tracks"))
             inputs.view_target(ctx, action_description="Evaluate")
-            inputs.enum("pred_field", fields, required=True, label="Predictions",
-                        view=_dropdown(fields))
-            inputs.enum("gt_field", fields, required=True, label="Ground truth",
-                        view=_dropdown(fields))
+            _choice(inputs, "pred_field", fields, "Predictions", required=True)
+            _choice(inputs, "gt_field", fields, "Ground truth", required=True)
             inputs.str("eval_key", default="eval", label="Evaluation key",
                        description="Per-sample results go to <key>_aj, <key>_delta_avg, "
                                    "<key>_oa")

@@ -341,14 +341,19 @@ def read_clip(
         images.append(frame.image)
     if not images:
         raise VideoError(f"{path}: no frames in the requested range")
-    step = every if fps is None else max(info.fps / fps, 1.0)
     return Clip(
         frames=np.stack(images),
         frame_numbers=np.asarray(indices, dtype=np.int64),
-        fps=info.fps / step if info.fps else 0.0,
+        fps=sampled_fps(info.fps, every=every, fps=fps),
         source_size=info.size,
         path=str(path),
     )
+
+
+def sampled_fps(source_fps: float, *, every: int = 1, fps: float | None = None) -> float:
+    """Frame rate of the frames the sampling options keep (0 when the source has none)."""
+    step = every if fps is None else max(source_fps / fps, 1.0)
+    return source_fps / step if source_fps else 0.0
 
 
 def write_video(

@@ -7,6 +7,7 @@ import os
 import time
 import warnings
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -141,32 +142,59 @@ def frame_rows(frame_numbers: np.ndarray, source_frames: np.ndarray, what: str) 
     return np.asarray(rows, dtype=np.float64)
 
 
-def check_before_decoding(args, queries, mask, tracker) -> None:
+def sampling(args: argparse.Namespace) -> dict:
+    """The sampling options as `pointtrack.video`'s functions take them."""
+    return dict(every=args.every, fps=args.fps, max_frames=args.max_frames, start=args.start,
+                end=args.end)
+
+
+def use_stream(args, queries, tracker, info) -> bool:
+    """Whether to decode the clip a batch at a time into the engine's stream rather than
+    whole into memory: where the engine streams and its stream gives what `track` would.
+    Backward tracking needs the whole clip; so do points that start after the first frame
+    for an engine whose stream tracks forward only (LK)."""
+    from ..video import sample_indices
+
+    if not tracker.streams or args.backward:
+        return False
+    if tracker.stream_late_queries:
+        return True
+    first = sample_indices(info.num_frames, info.fps, **dict(sampling(args), max_frames=1))
+    starts = queries[:, 0] if queries is not None else [args.grid_query_frame]
+    return len(first) == 1 and all(f == first[0] for f in starts)
+
+
+STREAM_BATCH_FRAMES = 32  # four steps of online CoTracker3's window
+STREAM_BATCH_BYTES = 64 * 2**20
+
+
+def stream_batch(size: tuple[int, int]) -> int:
+    """Frames of ``size`` (W, H) decoded and pushed at once: few enough to keep memory
+    bounded at any resolution, enough that per-push work is amortised."""
+    return max(1, min(STREAM_BATCH_FRAMES, STREAM_BATCH_BYTES // (size[0] * size[1] * 3)))
+
+
+def check_before_decoding(args, queries, mask, tracker, info, held_frames=None) -> np.ndarray:
     """Fail on a bad video or prompt before spending time decoding: the same checks the
     tracker makes, run on a clip of the right shape that holds no pixels, and the memory
-    the clip would need (a file may claim more frames than any machine holds)."""
+    the clip would need (a file may claim more frames than any machine holds); a streamed
+    run holds ``held_frames`` at a time. Returns the source frame numbers sampled."""
     from ..trackers import check_prompt
-    from ..video import Clip, count_kept, probe, sample_indices
+    from ..video import Clip, count_kept, sample_indices
 
-    info = probe(args.video)
-    sampling = dict(every=args.every, fps=args.fps, max_frames=args.max_frames,
-                    start=args.start, end=args.end)
     # A grid finer than the pixels is refused below, with its own message.
     points = len(queries) if queries is not None else max(min(args.grid_size, *info.size), 1) ** 2
-    tracker.check_memory(count_kept(info.num_frames, info.fps, **sampling), info.size, points,
-                         what=str(args.video))
-    rows = sample_indices(info.num_frames, info.fps, every=args.every, fps=args.fps,
-                          max_frames=args.max_frames, start=args.start, end=args.end)
+    tracker.check_memory(count_kept(info.num_frames, info.fps, **sampling(args)), info.size,
+                         points, what=str(args.video), held_frames=held_frames)
+    rows = sample_indices(info.num_frames, info.fps, **sampling(args))
     if len(rows) == 0:
         raise CLIError(f"{args.video}: no frames in the requested range")
     shape = Clip(np.broadcast_to(np.zeros((), np.uint8), (len(rows), info.height, info.width, 3)),
                  rows, info.fps, info.size)
-    if queries is not None:
-        queries = queries.copy()
-        queries[:, 0] = frame_rows(rows, queries[:, 0], "query")
-    grid_row = frame_rows(rows, np.array([args.grid_query_frame]), "grid")[0]
+    queries, grid_row = prompt_rows(args, queries, mask, rows)
     check_prompt(shape, grid_size=args.grid_size, queries=queries, segm_mask=mask,
-                 grid_query_frame=int(grid_row) if args.grid_size or mask is not None else 0)
+                 grid_query_frame=grid_row)
+    return rows
 
 
 def run_info(args: argparse.Namespace) -> int:
@@ -184,27 +212,52 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_track(args: argparse.Namespace) -> int:
-    from ..video import read_clip
+    from ..video import probe
 
     if args.grid_size < 0:
         raise CLIError(f"grid size must be >= 0, got {args.grid_size}")
     queries = read_queries(args.queries) if args.queries else None
     mask = read_mask(args.mask) if args.mask else None
     tracker = load_engine(args)
-    check_before_decoding(args, queries, mask, tracker)
+    info = probe(args.video)
+    batch = None
+    if use_stream(args, queries, tracker, info):
+        batch = stream_batch(tracker.input_size or info.size)
+    # A streamed run holds the batch being decoded and the last one pushed (the engine's
+    # window keeps views into it).
+    sampled = check_before_decoding(args, queries, mask, tracker, info,
+                                 held_frames=2 * batch if batch else None)
     out = Path(args.out) if args.out else Path(Path(args.video).stem + ".tracks.npz")
     output_paths(args, out)
 
-    started = time.perf_counter()
-    clip = read_clip(
-        args.video, size=tracker.input_size, every=args.every, fps=args.fps,
-        max_frames=args.max_frames, start=args.start, end=args.end, progress=True,
-    )
+    if batch:
+        tracks = track_streamed(args, tracker, queries, mask, info, sampled, batch)
+    else:
+        tracks = track_decoded(args, tracker, queries, mask)
+    tracks.options.setdefault("source", str(args.video))
+    write_outputs(args, tracks, out)
+    return 0
+
+
+def prompt_rows(args, queries, mask, frame_numbers: np.ndarray) -> tuple[np.ndarray | None, int]:
+    """Queries with their source frame numbers made rows of the sampled clip, and the grid's
+    row (0 when there is no grid)."""
     grid_row = 0
     if queries is not None:
-        queries[:, 0] = frame_rows(clip.frame_numbers, queries[:, 0], "query")
+        queries = queries.copy()
+        queries[:, 0] = frame_rows(frame_numbers, queries[:, 0], "query")
     if args.grid_size or mask is not None:
-        grid_row = int(frame_rows(clip.frame_numbers, np.array([args.grid_query_frame]), "grid")[0])
+        grid_row = int(frame_rows(frame_numbers, np.array([args.grid_query_frame]), "grid")[0])
+    return queries, grid_row
+
+
+def track_decoded(args, tracker, queries, mask):
+    """Decode the whole clip, then track it."""
+    from ..video import read_clip
+
+    started = time.perf_counter()
+    clip = read_clip(args.video, size=tracker.input_size, progress=True, **sampling(args))
+    queries, grid_row = prompt_rows(args, queries, mask, clip.frame_numbers)
     decoded = time.perf_counter()
     print(f"decoded {clip.num_frames} frames at {clip.size[0]}x{clip.size[1]} "
           f"in {decoded - started:.1f} s; tracking with {args.engine}...")
@@ -212,11 +265,52 @@ def run_track(args: argparse.Namespace) -> int:
         clip, grid_size=args.grid_size, queries=queries, segm_mask=mask,
         grid_query_frame=grid_row, backward_tracking=args.backward,
     )
-    tracks.options.setdefault("source", str(args.video))
-    print(f"tracked {tracks.num_tracks} points through {tracks.num_frames} frames "
-          f"in {time.perf_counter() - decoded:.1f} s ({tracks.visible.mean():.0%} visible)")
-    write_outputs(args, tracks, out)
-    return 0
+    report(tracks, time.perf_counter() - decoded)
+    return tracks
+
+
+def track_streamed(args, tracker, queries, mask, info, sampled: np.ndarray, batch: int):
+    """Decode ``batch`` frames at a time into the engine's stream: memory holds a batch and
+    the engine's window, whatever the clip's length. ``sampled``: the source frame numbers
+    the sampling keeps (the prompt's frames become rows of them before any is decoded); the
+    tracks come out as `track_decoded`'s."""
+    from tqdm.auto import tqdm
+
+    from ..video import VideoError, iter_frames, sampled_fps
+
+    started = time.perf_counter()
+    queries, grid_row = prompt_rows(args, queries, mask, sampled)
+    size = tracker.input_size or info.size
+    print(f"tracking with {args.engine} while decoding at {size[0]}x{size[1]}, "
+          f"{batch} frames at a time...")
+    stream = tracker.stream(grid_size=args.grid_size, queries=queries, segm_mask=mask,
+                            grid_query_frame=grid_row, source_size=info.size)
+    frames = iter_frames(args.video, size=tracker.input_size, **sampling(args))
+    # disable=None: no bar when stderr is not a terminal (logs, CI, pipes).
+    bar = tqdm(frames, desc="track", unit="frame", leave=False, disable=None, total=len(sampled))
+    numbers: list[int] = []
+    chunk: list[np.ndarray] = []
+    for frame in bar:
+        numbers.append(frame.index)
+        chunk.append(frame.image)
+        if len(chunk) == batch:
+            stream.feed(np.stack(chunk))
+            chunk = []
+    if chunk:
+        stream.feed(np.stack(chunk))
+    if not numbers:
+        raise VideoError(f"{args.video}: no frames in the requested range")
+    tracks = stream.finish()
+    # The stream counts rows from its first frame: give them their source frame numbers.
+    tracks = replace(tracks, frame_numbers=np.asarray(numbers, dtype=np.int64),
+                     fps=sampled_fps(info.fps, every=args.every, fps=args.fps))
+    report(tracks, time.perf_counter() - started, "decoding included")
+    return tracks
+
+
+def report(tracks, seconds: float, note: str = "") -> None:
+    print(f"tracked {tracks.num_tracks} points through {tracks.num_frames} frames in "
+          f"{seconds:.1f} s ({f'{note}, ' if note else ''}{tracks.visible.mean():.0%} visible)")
 
 
 def output_paths(args: argparse.Namespace, out: Path) -> list[Path]:

@@ -9,6 +9,7 @@ and build its prompt, track it, write its labels (`labels`), or record why it fa
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 from collections.abc import Callable
@@ -85,6 +86,10 @@ class SampleWork:
     #: a clip too long for memory is refused, with advice, before it is decoded. It stays in
     #: this process: store processes and Ray workers get the work without it.
     memory_check: Callable | None = None
+    #: For Ray: the tracker without its model (`Tracker.estimator`), which travels with the
+    #: work to the workers that decode; they check their node's memory with it, not the
+    #: GPU's (that is the tracker actor's, maybe on another node).
+    estimator: Tracker | None = None
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "memory_check": None}
@@ -111,11 +116,7 @@ class SampleWork:
             return True
 
     def load(self, job: Job) -> tuple:
-        if self.memory_check is not None:
-            info = probe(job.path)
-            points = self.grid_size**2 if self.queries is None else len(self.queries)
-            self.memory_check(count_kept(info.num_frames, info.fps, **self.sampling),
-                              info.size, points, what=job.path)
+        self._check_memory(job)
         clip = read_clip(job.path, size=self.input_size, **self.sampling)
         row = _prompt_row(clip.frame_numbers, self.prompt_frame)
         queries, sources = self.queries, None
@@ -127,6 +128,18 @@ class SampleWork:
                                              self.mask_targets)
             queries = np.concatenate([np.full((len(xy), 1), row), xy], axis=1)
         return clip, row, queries, sources
+
+    def _check_memory(self, job: Job) -> None:
+        """A `PromptError` with advice when ``job``'s clip would not fit in memory."""
+        check = self.memory_check
+        if check is None and self.estimator is not None:
+            check = functools.partial(self.estimator.check_memory, on_device=False)
+        if check is None:
+            return
+        info = probe(job.path)
+        points = self.grid_size**2 if self.queries is None else len(self.queries)
+        check(count_kept(info.num_frames, info.fps, **self.sampling), info.size, points,
+              what=job.path)
 
     def track(self, tracker: Tracker, job: Job, loaded: tuple) -> tuple:
         clip, row, queries, sources = loaded
@@ -268,6 +281,7 @@ def track_dataset(
         settings=settings,
         claims=Claims(dataset._doc.id, label_field),
         memory_check=None if backend == "ray" else first.check_memory,
+        estimator=first.estimator() if backend == "ray" else None,
     )
     ids, paths, done = samples.values(["id", "filepath", f"{result_field(label_field)}.num_frames"])
     summary = TrackSummary(label_field)

@@ -2,7 +2,8 @@
 
 Needs ``pip install 'pointtrack[ray]'``. On a cluster every node needs pointtrack, the media at
 the same paths (shared storage) and a database all of them reach (``FIFTYONE_DATABASE_URI``);
-the driver hands its FiftyOne database settings to the workers.
+a cluster this runner starts gets the driver's FiftyOne database settings and its
+``POINTTRACK_*`` settings (``POINTTRACK_MEMORY_LIMIT``, ``POINTTRACK_CHECKPOINT_DIR``, ...).
 
 Per job: a CPU task decodes it (`Work.load`), the least busy actor tracks it (each actor
 holds one loaded, compiled model and keeps ``1 + prefetch`` jobs queued, so it never waits for
@@ -35,6 +36,8 @@ _DB_ENV = (
     "FIFTYONE_DEFAULT_DATASET_DIR",
     "FIFTYONE_DO_NOT_TRACK",
 )
+#: Prefix of pointtrack's own settings, which the workers get as the driver has them.
+_POINTTRACK_ENV = "POINTTRACK_"
 MAX_RESTARTS = 3
 
 
@@ -50,6 +53,12 @@ def import_ray():
             "the Ray backend needs Ray: pip install 'pointtrack[ray]'"
         ) from e
     return ray
+
+
+def worker_env() -> dict[str, str]:
+    """Environment variables a cluster started here hands its workers."""
+    return {k: v for k, v in os.environ.items()
+            if k in _DB_ENV or k.startswith(_POINTTRACK_ENV)}
 
 
 def tracker_spec(tracker: Tracker) -> Any:
@@ -174,7 +183,7 @@ def run_ray(
     if not ray.is_initialized():
         ray.init(
             address=address,
-            runtime_env={"env_vars": {k: os.environ[k] for k in _DB_ENV if k in os.environ}},
+            runtime_env={"env_vars": worker_env()},
             include_dashboard=False,
             logging_level=logging.WARNING,
             log_to_driver=False,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -197,33 +198,42 @@ class Tracker(ABC):
     name: str = ""
     #: Frame size (W, H) the engine wants frames decoded at, or None for source resolution.
     input_size: tuple[int, int] | None = None
-    #: Whether the engine's memory grows with the clip beyond its frames (offline engines);
-    #: the advice of `check_memory` then points to an engine that streams.
+    #: Whether the engine has ``stream(..., source_size=None)``: an object that takes frames
+    #: a batch at a time (``push(frames) -> Tracks`` so far, ``feed(frames)`` without them)
+    #: and gives ``finish() -> Tracks``, holding a window of frames rather than the clip.
+    #: When False, the advice of `check_memory` points to an engine that streams.
     streams: bool = False
+    #: Whether a stream gives `track`'s result for points that start after the first frame
+    #: (LK's stream starts them on their frame; its `track` also tracks them backward).
+    stream_late_queries: bool = True
 
     def __init__(self, **options: Any) -> None:
         self.options = options
 
     def memory_estimate(self, num_frames: int, source_size: tuple[int, int],
-                        num_points: int) -> int:
+                        num_points: int, held_frames: int | None = None) -> int:
         """Bytes of host memory `track` needs for a clip of ``num_frames`` frames: the
         decoded frames ``(T, H, W, 3)`` uint8 and the tracks ``(T, N)`` with their copies.
-        Engines add their working set."""
+        ``held_frames``: frames held at once when they are pushed to a stream a batch at a
+        time (None: the whole clip is decoded first). Engines add their working set."""
         w, h = self.input_size or source_size
-        return num_frames * (w * h * 3 + num_points * 48)
+        return held(num_frames, held_frames) * w * h * 3 + num_frames * num_points * 48
 
     def device_memory_estimate(self, num_frames: int, num_points: int) -> int:
         """Bytes of accelerator memory `track` needs (0: the engine runs on the host)."""
         return 0
 
     def check_memory(self, num_frames: int, source_size: tuple[int, int], num_points: int,
-                     what: str = "the clip") -> None:
+                     what: str = "the clip", held_frames: int | None = None,
+                     on_device: bool = True) -> None:
         """`PromptError` before anything is decoded when tracking ``num_frames`` frames would
-        not fit in memory; the message says how to track fewer frames at once."""
-        need = self.memory_estimate(num_frames, source_size, num_points)
+        not fit in memory; the message says how to track fewer frames at once.
+        ``held_frames`` as in `memory_estimate` (a streamed run). ``on_device``: check the
+        accelerator's memory too (False in a process that decodes for a tracker elsewhere)."""
+        need = self.memory_estimate(num_frames, source_size, num_points, held_frames)
         have = available_memory()
         where = "memory"
-        device_need = self.device_memory_estimate(num_frames, num_points)
+        device_need = self.device_memory_estimate(num_frames, num_points) if on_device else 0
         if need <= have and device_need:
             import torch
 
@@ -238,6 +248,11 @@ class Tracker(ABC):
             f"{what}: {num_frames} frames with {self.name} need about {_gib(need)} of {where}, "
             f"{_gib(have)} available; {advice}"
         )
+
+    def estimator(self) -> Tracker:
+        """A copy of this tracker for `check_memory` in another process (a Ray worker that
+        decodes): the same estimates, without a model. Engines that hold one drop it here."""
+        return copy.copy(self)
 
     def track(
         self,
@@ -289,6 +304,11 @@ class Tracker(ABC):
     @abstractmethod
     def _track(self, clip: Clip, prompt: Prompt) -> Tracks:
         """Track a checked prompt (frame pixels) through a clip; return source-pixel Tracks."""
+
+
+def held(num_frames: int, held_frames: int | None) -> int:
+    """Frames held in memory at once: the clip's, or at most ``held_frames`` of a stream."""
+    return num_frames if held_frames is None else min(num_frames, held_frames)
 
 
 def _gib(n: int) -> str:

@@ -156,8 +156,8 @@ class _CoTracker3Engine(Tracker):
         self._model = None
         self._staging: _Staging | None = None
 
-    def memory_estimate(self, num_frames, source_size, num_points) -> int:
-        frames = super().memory_estimate(num_frames, source_size, num_points)
+    def memory_estimate(self, num_frames, source_size, num_points, held_frames=None) -> int:
+        frames = super().memory_estimate(num_frames, source_size, num_points, held_frames)
         if self.device.type == "cuda":
             return frames + WORKING_SET // 2  # the features live on the GPU
         return frames + WORKING_SET + self._feature_frames(num_frames) * FEATURE_BYTES
@@ -170,6 +170,13 @@ class _CoTracker3Engine(Tracker):
     def _feature_frames(self, num_frames: int) -> int:
         """Frames whose features are held at once."""
         return num_frames
+
+    def estimator(self) -> _CoTracker3Engine:
+        # Neither the network nor the weights (a state dict, maybe) travel: estimates need
+        # only the device and the options.
+        light = super().estimator()
+        light._model, light._staging, light.checkpoint = None, None, None
+        return light
 
     @property
     def model(self):
@@ -472,11 +479,13 @@ class CoTracker3OnlineTracker(_CoTracker3Engine):
         queries: Any = None,
         segm_mask: Any = None,
         grid_query_frame: int = 0,
+        source_size: tuple[int, int] | None = None,
     ) -> OnlineStream:
-        """A stream to `OnlineStream.push` frames into; prompt as for `track` (pixels of the
-        pushed frames; query frames count from the first frame pushed)."""
+        """A stream to `OnlineStream.push` frames into; prompt as for `track`, in pixels of
+        the pushed frames or of ``source_size`` (W, H) when they were resized from it (the
+        tracks are in the same pixels); query frames count from the first frame pushed."""
         return OnlineStream(self, grid_size=grid_size, queries=queries, segm_mask=segm_mask,
-                            grid_query_frame=grid_query_frame)
+                            grid_query_frame=grid_query_frame, source_size=source_size)
 
 
 class _Windows:
@@ -585,14 +594,19 @@ class OnlineStream:
     ``push(frames)`` takes uint8 frames ``(T, H, W, 3)`` (or one ``(H, W, 3)``) and returns
     `Tracks` of the frames covered by a window so far: a window runs once its 16 frames are
     in, so up to 15 recent frames wait, and the last 8 rows returned may still be refined by
-    the next window. ``finish()`` runs the last window and returns the tracks of every frame,
+    the next window. ``feed(frames)`` takes them without returning tracks: building those
+    copies every row so far and waits for the GPU, which a caller that only wants the end
+    result need not pay on every batch. ``finish()`` runs the last window and returns the
+    tracks of every frame,
     identical to ``tracker.track()`` on all frames at once. Memory is bounded by the window
     (plus the returned tracks), whatever the stream's length.
     """
 
     def __init__(self, engine: CoTracker3OnlineTracker, *, grid_size=0, queries=None,
-                 segm_mask=None, grid_query_frame=0) -> None:
+                 segm_mask=None, grid_query_frame=0,
+                 source_size: tuple[int, int] | None = None) -> None:
         self.engine = engine
+        self.source_size = source_size
         self.prompt_args = dict(grid_size=grid_size, queries=queries, segm_mask=segm_mask,
                                 grid_query_frame=grid_query_frame)
         self.windows: _Windows | None = None
@@ -613,7 +627,7 @@ class OnlineStream:
         # Check the prompt on a pixel-less clip long enough for every query frame.
         w, h = size
         shape = np.broadcast_to(np.zeros((), np.uint8), (self.needed, h, w, 3))
-        self.clip = Clip(shape, np.arange(self.needed), 0.0, size)
+        self.clip = Clip(shape, np.arange(self.needed), 0.0, self.source_size or size)
         self.prompt = check_prompt(self.clip, **self.prompt_args)
         self.queries, support = self.engine._model_queries(size, self.prompt)
         groups = self.engine._groups(len(self.queries), support)
@@ -621,13 +635,17 @@ class OnlineStream:
         self.windows = _Windows(self.engine, self.queries, groups, support)
 
     def push(self, frames: Any) -> Tracks:
+        self.feed(frames)
+        return self._tracks(self.windows.rows())
+
+    def feed(self, frames: Any) -> None:
+        """`push` without building the tracks so far."""
         if self.finished:
             raise RuntimeError("this stream is finished; start a new one")
         frames = stream_frames(frames, None if self.windows is None else self.size)
         if self.windows is None:
             self._start((frames.shape[2], frames.shape[1]))
         self.windows.push(frames)
-        return self._tracks(self.windows.rows())
 
     def finish(self) -> Tracks:
         """Track the frames still waiting and return the tracks of the whole stream."""
@@ -644,5 +662,5 @@ class OnlineStream:
         T = len(xy)
         w, h = self.size
         clip = Clip(np.broadcast_to(np.zeros((), np.uint8), (T, h, w, 3)), np.arange(T), 0.0,
-                    self.size)
+                    self.clip.source_size)
         return self.engine._to_tracks(clip, self.queries, xy, vis, conf)

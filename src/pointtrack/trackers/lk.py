@@ -15,7 +15,7 @@ import numpy as np
 from ..tracks import Tracks
 from ..video import Clip
 from . import register
-from .base import Prompt, PromptError, Tracker, check_prompt, grid_points, stream_frames
+from .base import Prompt, PromptError, Tracker, check_prompt, grid_points, held, stream_frames
 
 
 @register("lk")
@@ -29,6 +29,9 @@ class LucasKanadeTracker(Tracker):
         ncc_threshold: min normalised cross-correlation with the query patch to be visible.
         patch: side of the appearance patch (px).
     """
+
+    streams = True
+    stream_late_queries = False  # the stream tracks forward only
 
     def __init__(
         self,
@@ -55,10 +58,11 @@ class LucasKanadeTracker(Tracker):
         self.ncc_threshold = ncc_threshold
         self.patch = patch
 
-    def memory_estimate(self, num_frames, source_size, num_points) -> int:
-        # Plus a grayscale copy of every frame (the pyramids are per step, not kept).
+    def memory_estimate(self, num_frames, source_size, num_points, held_frames=None) -> int:
+        # Plus a grayscale copy of every frame held (the pyramids are per step, not kept).
         w, h = source_size
-        return super().memory_estimate(num_frames, source_size, num_points) + num_frames * w * h
+        frames = super().memory_estimate(num_frames, source_size, num_points, held_frames)
+        return frames + held(num_frames, held_frames) * w * h
 
     def _track(self, clip: Clip, prompt: Prompt) -> Tracks:
         import cv2
@@ -101,13 +105,15 @@ class LucasKanadeTracker(Tracker):
         )
 
     def stream(self, *, grid_size: int = 0, queries: Any = None, segm_mask: Any = None,
-               grid_query_frame: int = 0) -> LKStream:
+               grid_query_frame: int = 0, source_size: tuple[int, int] | None = None
+               ) -> LKStream:
         """Track frames as they arrive, holding one frame at a time: memory does not grow
         with the video beyond the tracks. Forward in time only: a point starts on its query
         frame and is reported not visible before it (`track` also tracks backward). The
-        prompt is in the pixels of the pushed frames; query frames count from the first."""
-        return LKStream(self, grid_size=grid_size, queries=queries, segm_mask=segm_mask,
-                        grid_query_frame=grid_query_frame)
+        prompt and the tracks are in the pixels of the pushed frames, or of ``source_size``
+        (W, H) when the frames were resized from it; query frames count from the first."""
+        return LKStream(self, source_size, grid_size=grid_size, queries=queries,
+                        segm_mask=segm_mask, grid_query_frame=grid_query_frame)
 
     def _step(self, prev: np.ndarray, cur: np.ndarray, pts: np.ndarray):
         """One LK step ``(N, 2)`` -> ``(N, 2)`` and whether it passed the forward-backward check."""
@@ -153,10 +159,13 @@ def _inside(pts: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 class LKStream:
     """``push(frames)`` uint8 ``(T, H, W, 3)`` (or one ``(H, W, 3)``) and get the tracks of
-    every frame so far; ``finish()`` checks the prompt's frames all came and returns them."""
+    every frame so far (``feed(frames)``: the same without them); ``finish()`` checks the
+    prompt's frames all came and returns them."""
 
-    def __init__(self, engine: LucasKanadeTracker, **prompt: Any) -> None:
+    def __init__(self, engine: LucasKanadeTracker, source_size: tuple[int, int] | None,
+                 **prompt: Any) -> None:
         self.engine, self.prompt_args = engine, prompt
+        self.source_size = source_size
         self.size: tuple[int, int] | None = None
         self.prev: np.ndarray | None = None
         self.t = 0
@@ -175,9 +184,9 @@ class LKStream:
         self.needed = max(last, 0) + 1
         # The prompt is checked on a pixel-less clip long enough for every query frame.
         w, h = size
-        clip = Clip(np.broadcast_to(np.zeros((), np.uint8), (self.needed, h, w, 3)),
-                    np.arange(self.needed), 0.0, size)
-        prompt = check_prompt(clip, **self.prompt_args)
+        self.clip = Clip(np.broadcast_to(np.zeros((), np.uint8), (self.needed, h, w, 3)),
+                         np.arange(self.needed), 0.0, self.source_size or size)
+        prompt = check_prompt(self.clip, **self.prompt_args)
         if prompt.queries is not None:
             self.queries = prompt.queries
         else:
@@ -193,6 +202,11 @@ class LKStream:
         self.visible = np.zeros((0, N), bool)
 
     def push(self, frames: Any) -> Tracks:
+        self.feed(frames)
+        return self._tracks()
+
+    def feed(self, frames: Any) -> None:
+        """`push` without building the tracks so far (for callers that want `finish`'s)."""
         import cv2
 
         frames = stream_frames(frames, self.size)
@@ -220,7 +234,6 @@ class LKStream:
             self.xy[self.t], self.visible[self.t] = self.pts, visible
             self.prev = gray
             self.t += 1
-        return self._tracks()
 
     def finish(self) -> Tracks:
         if self.size is None:
@@ -232,6 +245,15 @@ class LKStream:
 
     def _tracks(self) -> Tracks:
         T = self.t
-        return Tracks(xy=self.xy[:T], visible=self.visible[:T], queries=self.queries,
-                      frame_numbers=np.arange(T), frame_size=self.size, fps=0.0,
-                      tracker=self.engine.name, options=dict(self.engine.options, stream=True))
+        xy, queries = self.xy[:T], self.queries
+        if self.clip.source_size != self.size:  # (else views: no copy of every row so far)
+            xy = self.clip.to_source_pixels(xy).astype(np.float32)
+            queries = np.concatenate(
+                [queries[:, :1], self.clip.to_source_pixels(queries[:, 1:])], axis=1)
+        # Points that start on the first frame get `track`'s result; later ones differ (not
+        # tracked backward), and the options say so.
+        late = bool(len(queries)) and self.queries[:, 0].max() > 0
+        options = dict(self.engine.options, stream=True) if late else dict(self.engine.options)
+        return Tracks(xy=xy, visible=self.visible[:T], queries=queries,
+                      frame_numbers=np.arange(T), frame_size=self.clip.source_size, fps=0.0,
+                      tracker=self.engine.name, options=options)
