@@ -2,8 +2,10 @@
 
 Synthetic weights (speed does not depend on their values), a synthetic moving texture at model
 resolution (512x384, as the decoder hands it over), 100 random queries on random frames (the
-engines add their 36 support points). Each engine runs in a fresh process so that its peak RSS
-is its own; time is the `track()` call (frames in memory to tracks in memory), weights loaded.
+engines add their 36 support points). Each engine and precision runs in a fresh process so
+that its peak RSS is its own; time is the `track()` call (frames in memory to tracks in
+memory), weights loaded. Reduced-precision rows also report how far their tracks are from the
+fp32 ones (median and 95th percentile px, visibility agreement): the accuracy guard.
 
     python benchmarks/cpu.py --out benchmarks/results/cpu.json
 """
@@ -11,12 +13,14 @@ is its own; time is the `track()` call (frames in memory to tracks in memory), w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,7 +43,8 @@ def current_rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def child(engine: str, frames: int, points: int, repeats: int) -> dict:
+def child(engine: str, frames: int, points: int, repeats: int, precision: str,
+          save: str | None) -> dict:
     """Runs in its own process: load, warm up on one frame, then time `track()`."""
     import torch
 
@@ -50,7 +55,7 @@ def child(engine: str, frames: int, points: int, repeats: int) -> dict:
     model = CoTracker3Offline() if engine.endswith("offline") else CoTracker3Online()
     weights = synthetic_state_dict(model_shapes(model))
     del model
-    tracker = load_tracker(engine, checkpoint=weights, device="cpu")
+    tracker = load_tracker(engine, checkpoint=weights, device="cpu", precision=precision)
     del weights
     rng = np.random.default_rng(0)
     video = moving_texture(frames, rng)
@@ -65,8 +70,11 @@ def child(engine: str, frames: int, points: int, repeats: int) -> dict:
         tracks = tracker.track(video, queries=queries)
         times.append(time.perf_counter() - start)
     assert tracks.xy.shape == (frames, points, 2)
+    if save:
+        np.savez(save, xy=tracks.xy, visible=tracks.visible)
     return {
         "engine": engine,
+        "precision": precision,
         "frames": frames,
         "points": points,
         "seconds": min(times),
@@ -90,31 +98,42 @@ def moving_texture(frames: int, rng) -> np.ndarray:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--engines", default=",".join(ENGINES))
+    p.add_argument("--precision", default="fp32,bf16", help="comma-separated: fp32, bf16")
     p.add_argument("--frames", type=int, default=24)
     p.add_argument("--points", type=int, default=100)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/cpu.json")
     p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--save", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child, args.frames, args.points, args.repeats)))
+        print(json.dumps(child(args.child, args.frames, args.points, args.repeats,
+                               args.precision, args.save)))
         return 0
 
     rows = []
-    for engine in args.engines.split(","):
-        cmd = [sys.executable, __file__, "--child", engine, "--frames", str(args.frames),
-               "--points", str(args.points), "--repeats", str(args.repeats)]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            print(done.stderr, file=sys.stderr)
-            return 1
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        print(_row(rows[-1]), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for engine in args.engines.split(","):
+            for precision in args.precision.split(","):
+                save = f"{tmp}/{engine}-{precision}.npz"
+                cmd = [sys.executable, __file__, "--child", engine, "--frames", str(args.frames),
+                       "--points", str(args.points), "--repeats", str(args.repeats),
+                       "--precision", precision, "--save", save]
+                done = subprocess.run(cmd, capture_output=True, text=True)
+                if done.returncode != 0:
+                    print(done.stderr, file=sys.stderr)
+                    return 1
+                row = json.loads(done.stdout.strip().splitlines()[-1])
+                reference = Path(f"{tmp}/{engine}-fp32.npz")
+                if precision != "fp32" and reference.exists():
+                    row.update(agreement(np.load(save), np.load(reference)))
+                rows.append(row)
+                print(_row(row), flush=True)
 
     import torch
 
     meta = {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -129,16 +148,47 @@ def main(argv=None) -> int:
         tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"\n{meta['cores']} cores, torch {meta['torch']}, {meta['date']}, "
           f"load average {meta['load_average'][0]:.1f}")
-    print(f"{'engine':20} {'frames':>6} {'points':>6} {'s':>8} {'fps':>6} {'peak RSS MiB':>12}")
+    print(f"{meta['cpu']}")
+    print(f"{'engine':20} {'prec':5} {'frames':>6} {'points':>6} {'s':>8} {'fps':>6} "
+          f"{'peak RSS MiB':>12} {'vs fp32 px (med/p95)':>20} {'vis agree':>9}")
     for row in rows:
         print(_row(row))
     print(f"wrote {args.out}")
     return 0
 
 
+def agreement(tracks, reference) -> dict:
+    """How far reduced-precision tracks are from the fp32 ones (pixels of the 512x384 video)."""
+    dist = np.linalg.norm(tracks["xy"] - reference["xy"], axis=-1)
+    return {
+        "vs_fp32_median_px": float(np.median(dist)),
+        "vs_fp32_p95_px": float(np.percentile(dist, 95)),
+        "vs_fp32_visible_agree": float((tracks["visible"] == reference["visible"]).mean()),
+    }
+
+
+def cpu_model() -> str:
+    """The CPU's model name and the vector extensions that matter for bf16."""
+    name, flags = platform.processor() or platform.machine(), set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    extras = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{name} ({', '.join(extras) or 'no AVX2'})"
+
+
 def _row(row: dict) -> str:
-    return (f"{row['engine']:20} {row['frames']:6d} {row['points']:6d} {row['seconds']:8.2f} "
-            f"{row['fps']:6.2f} {row['peak_rss_mib']:12.0f}")
+    drift = ""
+    if "vs_fp32_median_px" in row:
+        drift = (f" {row['vs_fp32_median_px']:9.3f}/{row['vs_fp32_p95_px']:<10.3f}"
+                 f" {row['vs_fp32_visible_agree']:9.3f}")
+    return (f"{row['engine']:20} {row.get('precision', 'fp32'):5} {row['frames']:6d} "
+            f"{row['points']:6d} {row['seconds']:8.2f} {row['fps']:6.2f} "
+            f"{row['peak_rss_mib']:12.0f}" + drift)
 
 
 if __name__ == "__main__":

@@ -356,3 +356,22 @@ def test_encoder_falls_back_to_eager_when_compiling_fails(monkeypatch):
     assert model.cfg.compile_encoder is False
     for e, g in zip(expected, got, strict=True):
         assert torch.equal(e, g)
+
+
+def test_kept_heap_changes_no_result_and_is_given_back(offline, monkeypatch):
+    """CPU calls keep freed memory in glibc's heap while they run (no page faults per
+    activation); the tracks are bit-identical without it, and the policy is undone after."""
+    from pointtrack.trackers.cotracker import kept_heap
+
+    video = make_video(10, 96, 64, seed=3)
+    queries = np.array([[0, 20.0, 30.0], [4, 50.0, 25.0]])
+    monkeypatch.delenv("POINTTRACK_KEEP_HEAP", raising=False)
+    if kept_heap.libc is not None:  # glibc here: calls count in, and the last one out undoes
+        with kept_heap(), kept_heap():
+            assert kept_heap.users == 2
+        assert kept_heap.users == 0
+    kept = offline.track(video, queries=queries)
+    assert kept_heap.users == 0  # back to glibc's own thresholds, free memory trimmed
+    monkeypatch.setenv("POINTTRACK_KEEP_HEAP", "0")
+    plain = offline.track(video, queries=queries)
+    assert np.array_equal(kept.xy, plain.xy) and np.array_equal(kept.visible, plain.visible)

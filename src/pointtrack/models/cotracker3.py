@@ -95,11 +95,13 @@ class ResidualBlock(nn.Module):
             )
 
     def forward(self, x: Tensor) -> Tensor:
-        y = F.relu(self.norm1(self.conv1(x)))
-        y = F.relu(self.norm2(self.conv2(y)))
+        # In place where the input is not needed again: on CPU every fresh activation costs
+        # memory traffic (the GPU path compiles the CNN, which fuses these anyway).
+        y = F.relu_(self.norm1(self.conv1(x)))
+        y = F.relu_(self.norm2(self.conv2(y)))
         if self.downsample is not None:
             x = self.downsample(x)
-        return F.relu(x + y)
+        return F.relu_(y.add_(x))
 
 
 class FeatureEncoder(nn.Module):
@@ -126,12 +128,15 @@ class FeatureEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         size = (x.shape[-2] // self.stride, x.shape[-1] // self.stride)
-        x = F.relu(self.norm1(self.conv1(x)))
+        x = F.relu_(self.norm1(self.conv1(x)))
         stages = []
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
             x = layer(x)
-            stages.append(F.interpolate(x, size, mode="bilinear", align_corners=True))
-        x = F.relu(self.norm2(self.conv2(torch.cat(stages, dim=1))))
+            # A stage already at the output size is its own resize (align_corners: exact).
+            same = tuple(x.shape[-2:]) == size
+            stages.append(x if same else F.interpolate(x, size, mode="bilinear",
+                                                       align_corners=True))
+        x = F.relu_(self.norm2(self.conv2(torch.cat(stages, dim=1))))
         return self.conv3(x)
 
 
