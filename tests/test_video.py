@@ -141,3 +141,24 @@ def test_frame_to_source_pixels_keeps_image_position(tmp_path):
     m = cv2.moments(small)
     centroid = np.array([[m["m10"] / m["m00"], m["m01"] / m["m00"]]])
     np.testing.assert_allclose(clip.to_source_pixels(centroid), [[100, 60]], atol=0.3)
+
+
+def test_frames_before_a_corrupt_packet_come_in_order_then_the_error(tmp_path, make_video):
+    """Frames are converted by workers a few ahead of the decoder; a stream that breaks still
+    yields every frame decoded before the break, in order and intact, then one VideoError."""
+    path, _ = make_video(num_frames=40)
+    data = bytearray(path.read_bytes())
+    mdat, moov = data.index(b"mdat"), data.index(b"moov")
+    assert moov > mdat  # coded frames first: the index at the end stays intact
+    cut = mdat + (moov - mdat) * 2 // 3
+    data[cut:moov] = bytes(moov - cut)
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(bytes(data))
+    got = []
+    with pytest.raises(VideoError, match=r"broken.mp4: corrupt video stream at frame \d+"):
+        for frame in iter_frames(broken, size=(80, 60)):
+            got.append(frame)
+    assert 5 < len(got) < 40
+    assert [f.index for f in got] == list(range(len(got)))
+    intact = read_clip(path, size=(80, 60), max_frames=len(got))
+    assert np.array_equal(np.stack([f.image for f in got]), intact.frames)

@@ -7,7 +7,9 @@ Every decoded frame keeps its 0-based source frame index, so results map back to
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -269,6 +271,11 @@ def iter_frames(
         start, end: time range in seconds (end exclusive).
     """
     container = _open(path)
+    # Converting and resizing a frame (swscale, GIL released) costs more than decoding it
+    # (FFmpeg's own threads): a few workers convert frames in order, a bounded few ahead.
+    workers = min(4, os.cpu_count() or 1)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="pointtrack-rgb")
+    ahead: deque[tuple[int, Future]] = deque()
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -277,6 +284,7 @@ def iter_frames(
         kept = 0
         rotation = None
         i = -1
+        corrupt = None
         try:
             for frame in container.decode(stream):
                 i += 1
@@ -286,15 +294,25 @@ def iter_frames(
                     continue
                 if rotation is None:
                     rotation = _rotation(stream, frame)
-                yield Frame(i, _to_rgb(frame, size, rotation))
+                ahead.append((i, pool.submit(_to_rgb, frame, size, rotation)))
                 kept += 1
+                if len(ahead) > 2 * workers:
+                    index, image = ahead.popleft()
+                    yield Frame(index, image.result())
                 if max_frames is not None and kept >= max_frames:
                     break
         except av.error.FFmpegError as e:
-            raise VideoError(f"{path}: corrupt video stream at frame {i + 1} ({_reason(e)})") from e
+            corrupt = VideoError(f"{path}: corrupt video stream at frame {i + 1} ({_reason(e)})")
+            corrupt.__cause__ = e
+        while ahead:  # the frames decoded before the end (or the corruption) come first
+            index, image = ahead.popleft()
+            yield Frame(index, image.result())
+        if corrupt is not None:
+            raise corrupt
         if i < 0:
             raise VideoError(f"{path}: video has zero frames")
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         container.close()
 
 
