@@ -188,7 +188,8 @@ def measure(args: argparse.Namespace, engine: str) -> dict:
            "--lk-grid", str(args.lk_grid), "--cotracker-grid", str(args.cotracker_grid),
            "--cotracker-fps", str(args.cotracker_fps),
            "--cotracker-minutes", str(args.cotracker_minutes), "--device", args.device]
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     samples: list[tuple[float, int]] = []
     t0 = time.perf_counter()

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from conftest import encode_with_pyav, set_mp4_rotation, textured_frames
@@ -162,3 +164,13 @@ def test_frames_before_a_corrupt_packet_come_in_order_then_the_error(tmp_path, m
     assert [f.index for f in got] == list(range(len(got)))
     intact = read_clip(path, size=(80, 60), max_frames=len(got))
     assert np.array_equal(np.stack([f.image for f in got]), intact.frames)
+
+
+def test_probe_is_remembered_until_the_file_changes(tmp_path, make_video):
+    path, _ = make_video(name="a.mp4", num_frames=6)
+    first = probe(path)
+    assert probe(str(path)) == replace(first, path=str(path))  # the caller's spelling kept
+    other, _ = make_video(name="b.mp4", num_frames=9, size=(96, 64))
+    path.write_bytes(other.read_bytes())  # same name, new content: probed again
+    again = probe(path)
+    assert (again.num_frames, again.size) == (9, (96, 64))
