@@ -193,4 +193,35 @@ def run_app(args: argparse.Namespace) -> int:
         session.wait(-1)
     except KeyboardInterrupt:
         pass
+    finally:
+        _stop_app_server(session)
     return 0
+
+
+def _stop_app_server(session, timeout: float = 15.0) -> None:
+    """Stop the App's server process within ``timeout`` seconds.
+
+    FiftyOne stops it at exit by closing the server's stdin and waiting with no limit; once, in
+    CI, that wait outlasted a minute after Ctrl-C. Here the server gets ``timeout`` seconds to
+    go, then it and its children are killed, so Ctrl-C always ends the command.
+    """
+    import psutil
+    from fiftyone.core.session import session as fo_session
+
+    services = getattr(fo_session, "_server_services", {})
+    service = services.get(getattr(session, "server_port", None))
+    child = getattr(service, "child", None)
+    if child is None:
+        return
+    try:
+        child.stdin.close()
+        child.wait(timeout)
+    except psutil.TimeoutExpired:
+        for process in [*child.children(recursive=True), child]:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        child.wait(timeout)
+    except (OSError, psutil.Error):
+        pass
