@@ -463,9 +463,12 @@ def test_cli_app_serves_the_dataset(dataset):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+    # Started as a shell would, except that SIGINT is ignored, as under some launchers (and
+    # as a child inherits it from a parent that ignores it): Ctrl-C must still end the App.
     proc = subprocess.Popen(
         [sys.executable, "-m", "pointtrack", "app", dataset.name, "--remote", "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 from ..runners import RunAborted
 from . import CLIError
@@ -189,6 +191,10 @@ def run_app(args: argparse.Namespace) -> int:
         print(f"remote: on your machine run `ssh -N -L {args.port}:localhost:{args.port} HOST`, "
               f"then open http://localhost:{args.port}", flush=True)
     print("Ctrl-C to stop", file=sys.stderr, flush=True)
+    if threading.current_thread() is threading.main_thread():
+        # A process started with SIGINT ignored (its parent ignored it) would never see Ctrl-C
+        # and wait for ever: take it back, since Ctrl-C is how this command ends.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         session.wait(-1)
     except KeyboardInterrupt:
