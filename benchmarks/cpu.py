@@ -24,8 +24,10 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+from gpu import agreement  # beside this script: the same drift figures as the GPU rows
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -126,7 +128,9 @@ def main(argv=None) -> int:
                 row = json.loads(done.stdout.strip().splitlines()[-1])
                 reference = Path(f"{tmp}/{engine}-fp32.npz")
                 if precision != "fp32" and reference.exists():
-                    row.update(agreement(np.load(save), np.load(reference)))
+                    # Pixels of the 512x384 frames the engines were given.
+                    row.update(agreement(SimpleNamespace(**np.load(save)),
+                                         SimpleNamespace(**np.load(reference))))
                 rows.append(row)
                 print(_row(row), flush=True)
 
@@ -155,16 +159,6 @@ def main(argv=None) -> int:
         print(_row(row))
     print(f"wrote {args.out}")
     return 0
-
-
-def agreement(tracks, reference) -> dict:
-    """How far reduced-precision tracks are from the fp32 ones (pixels of the 512x384 video)."""
-    dist = np.linalg.norm(tracks["xy"] - reference["xy"], axis=-1)
-    return {
-        "vs_fp32_median_px": float(np.median(dist)),
-        "vs_fp32_p95_px": float(np.percentile(dist, 95)),
-        "vs_fp32_visible_agree": float((tracks["visible"] == reference["visible"]).mean()),
-    }
 
 
 def cpu_model() -> str:

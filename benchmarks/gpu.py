@@ -113,7 +113,9 @@ def ours(case: dict, frames_model: np.ndarray, state_dict: dict, precision: str)
     return run
 
 
-def official(case: dict, frames_full: torch.Tensor, state_dict: dict, reference: Path):
+def official_predictor(case: dict, state_dict: dict, reference: Path):
+    """The official offline or online predictor from the local checkout, weights loaded
+    strictly, on the GPU."""
     sys.path.insert(0, str(reference))
     from cotracker.predictor import CoTrackerOnlinePredictor, CoTrackerPredictor
 
@@ -122,7 +124,11 @@ def official(case: dict, frames_full: torch.Tensor, state_dict: dict, reference:
     else:
         predictor = CoTrackerOnlinePredictor(checkpoint=None, window_len=16)
     predictor.model.load_state_dict(state_dict, strict=True)
-    predictor = predictor.cuda()
+    return predictor.cuda()
+
+
+def official(case: dict, frames_full: torch.Tensor, state_dict: dict, reference: Path):
+    predictor = official_predictor(case, state_dict, reference)
 
     def run():
         video = frames_full.permute(0, 3, 1, 2)[None].float().cuda()  # as the official demo
@@ -183,15 +189,7 @@ def official_e2e(case: dict, path: Path, state_dict: dict, reference: Path):
     """File to tracks as the official demos do it: `demo.py` reads the whole video into a
     full-resolution array and hands the predictor a float tensor; `online_demo.py` reads
     frame by frame and runs a window every ``step`` frames on the last ``2 * step``."""
-    sys.path.insert(0, str(reference))
-    from cotracker.predictor import CoTrackerOnlinePredictor, CoTrackerPredictor
-
-    if case["mode"] == "offline":
-        predictor = CoTrackerPredictor(checkpoint=None, offline=True, window_len=60)
-    else:
-        predictor = CoTrackerOnlinePredictor(checkpoint=None, window_len=16)
-    predictor.model.load_state_dict(state_dict, strict=True)
-    predictor = predictor.cuda()
+    predictor = official_predictor(case, state_dict, reference)
 
     def window(frames, first):
         chunk = torch.tensor(np.stack(frames), device="cuda").float().permute(0, 3, 1, 2)[None]
