@@ -102,7 +102,7 @@ def child(args: argparse.Namespace) -> None:
 
     info = probe(args.video)
     started = time.perf_counter()
-    out: dict = {"engine": args.engine}
+    out: dict = {"engine": args.engine, "api": "push" if args.push else "feed"}
     ready = False
 
     def mark_ready() -> None:  # the working set is built: RSS from now on must stay flat
@@ -122,18 +122,19 @@ def child(args: argparse.Namespace) -> None:
         from pointtrack.trackers import load_tracker
 
         stream = load_tracker("lk").stream(grid_size=args.lk_grid)
+        add = stream.push if args.push else stream.feed
         n = 0
         chunk = []
         for f in iter_frames(args.video):
             chunk.append(f.image)
             if len(chunk) == 8:  # 8 frames of 1080p: 50 MB
-                stream.push(np.stack(chunk))
+                add(np.stack(chunk))
                 n += len(chunk)
                 chunk = []
                 if n == 32:
                     mark_ready()
         if chunk:
-            stream.push(np.stack(chunk))
+            add(np.stack(chunk))
             n += len(chunk)
         tracks = stream.finish()
         out.update(frames=n, points=tracks.num_tracks, visible=float(tracks.visible.mean()))
@@ -148,6 +149,7 @@ def child(args: argparse.Namespace) -> None:
         tracker = load_tracker("cotracker3-online", checkpoint=weights, device=args.device,
                                progress=False)
         stream = tracker.stream(grid_size=args.cotracker_grid)
+        add = stream.push if args.push else stream.feed
         frames = iter_frames(args.video, size=tracker.input_size, fps=args.cotracker_fps,
                              end=args.cotracker_minutes * 60)
         cuda = tracker.device.type == "cuda"
@@ -156,7 +158,7 @@ def child(args: argparse.Namespace) -> None:
         for f in frames:
             chunk.append(f.image)
             if len(chunk) == 16:
-                stream.push(np.stack(chunk))
+                add(np.stack(chunk))
                 n += len(chunk)
                 chunk = []
                 if n == 32:  # two windows in
@@ -164,7 +166,7 @@ def child(args: argparse.Namespace) -> None:
                 if cuda and n >= 32:
                     gpu.append(torch.cuda.memory_allocated())
         if chunk:
-            stream.push(np.stack(chunk))
+            add(np.stack(chunk))
             n += len(chunk)
         tracks = stream.finish()
         out.update(frames=n, points=tracks.num_tracks, visible=float(tracks.visible.mean()),
@@ -187,7 +189,8 @@ def measure(args: argparse.Namespace, engine: str) -> dict:
     cmd = [sys.executable, __file__, "--child", "--engine", engine, "--video", str(args.video),
            "--lk-grid", str(args.lk_grid), "--cotracker-grid", str(args.cotracker_grid),
            "--cotracker-fps", str(args.cotracker_fps),
-           "--cotracker-minutes", str(args.cotracker_minutes), "--device", args.device]
+           "--cotracker-minutes", str(args.cotracker_minutes), "--device", args.device,
+           *(["--push"] if args.push else [])]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
@@ -256,6 +259,9 @@ def main() -> int:
     p.add_argument("--cotracker-minutes", type=float, default=60.0,
                    help="minutes of the video CoTracker3 tracks (default 60)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--push", action="store_true",
+                   help="stream with push(), which returns the tracks so far on every call "
+                        "(a copy of all rows each time), instead of feed(), as the CLI does")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/long_video.json"))
     args = p.parse_args()
     if args.child:

@@ -5,7 +5,9 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+# Row counts change with every video length: specialising on them (divisibility by 16)
+# would compile a new variant for each, mid-run.
+@triton.jit(do_not_specialize=["M", "Q"])
 def _add_norm_kernel(
     x_ptr, y_ptr, sum_ptr, norm_ptr, affine_ptr, w_ptr, b_ptr,
     M, Q, eps, affine_eps,

@@ -5,7 +5,8 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+# The sequence count changes with the number of tracks: one compiled variant for all.
+@triton.jit(do_not_specialize=["num_seqs", "L"])
 def _short_attention_kernel(
     q_ptr, kv_ptr, out_ptr,
     num_seqs, L, stride_q, stride_kv, stride_out, scale,

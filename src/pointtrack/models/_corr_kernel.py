@@ -5,7 +5,8 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+# T and the xy stride change with every video length: one compiled variant for all of them.
+@triton.jit(do_not_specialize=["T", "stride_xn"])
 def _correlate_kernel(
     f0, f1, f2, f3,  # pyramid levels (T, H_l, W_l, C), contiguous
     q0, q1, q2, q3,  # query patches per level (n, 49, C), contiguous

@@ -21,6 +21,7 @@ the stride). Module and parameter names give the state-dict keys of the official
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import warnings
@@ -30,6 +31,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from . import attention, corr_triton
 from .add_norm import add_norm
@@ -56,6 +58,10 @@ class CoTracker3Config:
     attention_budget: int = 2**16  # context tokens per virtual-track attention (GPU: 2**19)
     cuda_graphs: bool = True  # online, on GPU: windows replay one captured CUDA graph
     compile_encoder: bool = True  # on GPU in bf16/fp16: torch.compile the CNN (fused norms)
+    # cuDNN's attention builds a graph per new shape: 0.3-2.4 s for each new video length or
+    # point count on an H200, against ~4% faster calls once built. Off: flash/efficient SDPA.
+    cudnn_attention: bool = False
+    cudnn_benchmark: bool = True  # on GPU: cuDNN times its convolution algorithms once per shape
 
     @property
     def patch(self) -> int:
@@ -433,7 +439,7 @@ class CoTracker3(nn.Module):
         # cuDNN's autotuner finds far faster convolutions for these few fixed shapes (2x on
         # an H100); scoped here so the caller's setting stays as it was.
         benchmark = torch.backends.cudnn.benchmark
-        torch.backends.cudnn.benchmark = benchmark or video.is_cuda
+        torch.backends.cudnn.benchmark = benchmark or (video.is_cuda and self.cfg.cudnn_benchmark)
         try:
             for i in range(0, B * T, step):
                 x = frames[i : i + step] / 255.0 * 2 - 1
@@ -580,8 +586,9 @@ class CoTracker3(nn.Module):
             return self.iteration(pyramid, support, embed, coords, vis, conf)
 
         state = (coords.float(), vis.float(), conf.float())
-        for _ in range(iters):
-            state = step(*state)
+        with _attention_backends(self.cfg.cudnn_attention):
+            for _ in range(iters):
+                state = step(*state)
         return state
 
     def iteration(
@@ -635,6 +642,16 @@ class _Embedding(NamedTuple):
     time_bias: Tensor  # (1, 1, T, C) the time embedding through the input layer, with bias
     fc1: Tensor  # the correlation MLP's first weight, padded to the fused kernel's rows
     extent: Tensor  # (2,) feature map width and height
+
+
+def _attention_backends(cudnn: bool):
+    """SDPA backends for the transformer: all of PyTorch's, or all but cuDNN's."""
+    if cudnn:
+        return contextlib.nullcontext()
+    return sdpa_kernel(_NO_CUDNN)
+
+
+_NO_CUDNN = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 def _padded(weight: Tensor, columns: int) -> Tensor:

@@ -238,6 +238,10 @@ class _CoTracker3Engine(Tracker):
             dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
             self._model = model.to(self.device, dtype).eval()
             self._model.cfg.compile_encoder = self.compile
+            # cuDNN's convolution autotuner pays in bf16 (9% faster online on an H200) but not
+            # in fp32, where it also tried workspaces of 55 GiB once and kept 230 MiB more of
+            # host memory in loaded kernels (`benchmarks/NOTES.md`, session 5).
+            self._model.cfg.cudnn_benchmark = dtype != torch.float32
             if self.device.type == "cpu":
                 # Smaller chunks on CPU: with the heap kept (`kept_heap`) the blocks are reused,
                 # and the peak memory drops with no loss of speed (2 cores, 24 frames).
