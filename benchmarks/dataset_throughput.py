@@ -212,18 +212,22 @@ def main() -> None:
         return copies[0]
 
     # GPU-only: the model on frames already decoded, video by video.
+    # Decoded first, so the monitor sees the model alone: its busy fraction bounds the rows'.
+    clips = [read_clip(path, size=tracker.input_size) for path in paths]
     model_s = []
-    for path in paths:
-        clip = read_clip(path, size=tracker.input_size)
-        t = time.perf_counter()
-        tracker.track(clip, grid_size=args.grid)
-        model_s.append(time.perf_counter() - t)
+    with GpuMonitor() as gpu_only_monitor:
+        for clip in clips:
+            t = time.perf_counter()
+            tracker.track(clip, grid_size=args.grid)
+            model_s.append(time.perf_counter() - t)
+    del clips
     gpu_only = float(np.sum(model_s))
     frames_total = 0
     for path in paths:
         frames_total += ptf.video_metadata(path).total_frame_count
-    print(f"GPU-only {gpu_only:.2f} s for {len(paths)} videos ({frames_total} frames)",
-          flush=True)
+    busy = gpu_only_monitor.busy
+    print(f"GPU-only {gpu_only:.2f} s for {len(paths)} videos ({frames_total} frames), GPU busy "
+          f"{'-' if busy is None else f'{100 * busy:.0f}%'}", flush=True)
 
     results: list = []
     cpus = os.cpu_count() or 2
@@ -267,6 +271,7 @@ def main() -> None:
             "precision": args.precision,
             "warmup_s": warmup,
             "gpu_only_s": gpu_only,
+            "gpu_only_busy_nvml": gpu_only_monitor.busy,
             "model_s": model_s,
             "rows": results,
             "ratios": ratios,

@@ -119,7 +119,7 @@ def track_both_ways(monkeypatch, tmp_path, video, *args) -> tuple[Tracks, Tracks
     def refuse(*_):
         raise AssertionError("the clip was decoded whole, not streamed")
 
-    monkeypatch.setattr(track_cli, "STREAM_BATCH_FRAMES", 5)
+    monkeypatch.setattr("pointtrack.trackers.base.STREAM_BATCH_FRAMES", 5)
     with monkeypatch.context() as m:
         m.setattr(track_cli, "track_decoded", refuse)
         assert main(["track", str(video), *map(str, args), "--out", str(tmp_path / "s.npz")]) == 0

@@ -325,3 +325,54 @@ def test_clip_too_long_for_memory_is_refused_before_decoding(dataset, monkeypatc
         assert len(good) == NUM_VIDEOS
         assert all("track fewer frames" in e and "0.0 GiB available" in e for e in good), good
     assert not decoded
+
+
+def test_long_clips_stream_into_engines_that_stream(dataset, monkeypatch):
+    """Clips over `STREAM_OVER_BYTES` go a batch at a time into an engine that streams,
+    decoded while tracked (never whole), and store exactly what whole clips give."""
+    import pointtrack.video
+
+    lk = load_tracker("lk")
+    whole = ptf.track_dataset(dataset, lk, "whole", grid_size=4, every=2, backend="sequential",
+                              progress=False)
+    assert len(whole.done) == NUM_VIDEOS
+    decoded = []
+    real = pointtrack.video.read_clip
+    monkeypatch.setattr("pointtrack.fiftyone.run.read_clip",
+                        lambda *a, **k: decoded.append(a) or real(*a, **k))
+    monkeypatch.setattr("pointtrack.fiftyone.run.STREAM_OVER_BYTES", 0)
+    monkeypatch.setattr("pointtrack.trackers.base.STREAM_BATCH_FRAMES", 3)
+    for backend in ("local", "sequential"):
+        summary = ptf.track_dataset(dataset, lk, backend, grid_size=4, every=2,
+                                    backend=backend, progress=False)
+        assert sorted(summary.done) == sorted(whole.done)
+        assert_same_run(dataset, backend, "whole")
+    assert not decoded
+    # Backward tracking needs the whole clip: decoded whole even when long.
+    one = dataset.match(F("filepath").ends_with("clip0.mp4"))
+    summary = ptf.track_dataset(one, lk, "backward", grid_size=4, backward_tracking=True,
+                                progress=False)
+    assert len(summary.done) == 1 and len(decoded) == 1
+
+
+def test_long_clip_streams_into_online_cotracker(dataset, monkeypatch):
+    """Online CoTracker3 (synthetic weights) on a streamed clip stores what the whole clip
+    gives, with queries on a later frame."""
+    from pointtrack.models.cotracker3 import CoTracker3Online
+    from pointtrack.models.weights import model_shapes, synthetic_state_dict
+
+    online = load_tracker("cotracker3-online",
+                          checkpoint=synthetic_state_dict(model_shapes(CoTracker3Online()), seed=0))
+    one = dataset.match(F("filepath").ends_with("clip1.mp4"))
+    queries = np.array([[2, 20.0, 30.0], [4, 50.5, 40.0], [0, 70.0, 60.0]])
+    ptf.track_dataset(one, online, "whole", queries=queries, backend="sequential", progress=False)
+    monkeypatch.setattr("pointtrack.fiftyone.run.STREAM_OVER_BYTES", 0)
+    monkeypatch.setattr("pointtrack.trackers.base.STREAM_BATCH_FRAMES", 5)
+    monkeypatch.setattr("pointtrack.fiftyone.run.read_clip", None)  # any whole decode fails
+    summary = ptf.track_dataset(one, online, "streamed", queries=queries, backend="sequential",
+                                progress=False)
+    assert len(summary.done) == 1, summary
+    sample = one.first()
+    streamed = ptf.tracks_from_sample(sample, "streamed")
+    assert streamed.equals(ptf.tracks_from_sample(sample, "whole"))
+    assert streamed.num_frames == T + 1

@@ -165,16 +165,6 @@ def use_stream(args, queries, tracker, info) -> bool:
     return len(first) == 1 and all(f == first[0] for f in starts)
 
 
-STREAM_BATCH_FRAMES = 32  # four steps of online CoTracker3's window
-STREAM_BATCH_BYTES = 64 * 2**20
-
-
-def stream_batch(size: tuple[int, int]) -> int:
-    """Frames of ``size`` (W, H) decoded and pushed at once: few enough to keep memory
-    bounded at any resolution, enough that per-push work is amortised."""
-    return max(1, min(STREAM_BATCH_FRAMES, STREAM_BATCH_BYTES // (size[0] * size[1] * 3)))
-
-
 def check_before_decoding(args, queries, mask, tracker, info, held_frames=None) -> np.ndarray:
     """Fail on a bad video or prompt before spending time decoding: the same checks the
     tracker makes, run on a clip of the right shape that holds no pixels, and the memory
@@ -223,6 +213,8 @@ def run_track(args: argparse.Namespace) -> int:
     info = probe(args.video)
     batch = None
     if use_stream(args, queries, tracker, info):
+        from ..trackers.base import stream_batch
+
         batch = stream_batch(tracker.input_size or info.size)
     # A streamed run holds the batch being decoded and the last one pushed (the engine's
     # window keeps views into it).

@@ -9,6 +9,7 @@ and build its prompt, track it, write its labels (`labels`), or record why it fa
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import re
@@ -22,8 +23,17 @@ import numpy as np
 from fiftyone.core.clips import ClipsView
 
 from ..runners import Job, Outcome, RunAborted, run_local, run_sequential
-from ..trackers.base import PromptError, Tracker
-from ..video import count_kept, probe, read_clip
+from ..trackers.base import PromptError, Tracker, stream_batch
+from ..video import (
+    VideoError,
+    VideoInfo,
+    count_kept,
+    iter_frames,
+    probe,
+    read_clip,
+    sample_indices,
+    sampled_fps,
+)
 from .claims import Claims, Heartbeat
 from .labels import (
     DatasetError,
@@ -63,6 +73,22 @@ def _root_dataset(samples) -> fo.Dataset:
     return fo.load_dataset(samples.dataset_name)
 
 
+#: Clips whose decoded frames would take more than this go a batch at a time into engines
+#: that stream (online CoTracker3, LK), decoded while tracking, so a long video holds one
+#: batch and the engine's window instead of the whole clip. Shorter clips are decoded whole,
+#: ahead of the tracker, which keeps the GPU fed on datasets of many short videos.
+STREAM_OVER_BYTES = 2**30
+
+
+@dataclass
+class _Streamed:
+    """A clip to decode while it is tracked: its file, metadata and sampled frame numbers."""
+
+    path: str
+    info: VideoInfo
+    frame_numbers: np.ndarray
+
+
 @dataclass
 class SampleWork:
     """The `pointtrack.runners.Work` of `track_dataset` (plain data: it pickles to store
@@ -90,6 +116,10 @@ class SampleWork:
     #: work to the workers that decode; they check their node's memory with it, not the
     #: GPU's (that is the tracker actor's, maybe on another node).
     estimator: Tracker | None = None
+    #: The engine streams (and the run tracks forward only): long clips are decoded while
+    #: they are tracked (`STREAM_OVER_BYTES`). ``stream_late_queries``: see `Tracker`.
+    streams: bool = False
+    stream_late_queries: bool = True
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "memory_check": None}
@@ -116,21 +146,48 @@ class SampleWork:
             return True
 
     def load(self, job: Job) -> tuple:
-        self._check_memory(job)
-        clip = read_clip(job.path, size=self.input_size, **self.sampling)
-        row = _prompt_row(clip.frame_numbers, self.prompt_frame)
+        streamed = self._streamed(job)
+        if streamed is not None:
+            frame_numbers, source_size = streamed.frame_numbers, streamed.info.size
+        else:
+            self._check_memory(job)
+            clip = read_clip(job.path, size=self.input_size, **self.sampling)
+            frame_numbers, source_size = clip.frame_numbers, clip.source_size
+        row = _prompt_row(frame_numbers, self.prompt_frame)
         queries, sources = self.queries, None
         if self.prompt_name is not None:
             with _database(self.dataset_name):
                 label = _prompt_label(self.dataset(), job.key, self.prompt_name, row,
-                                      clip.frame_numbers)
-            xy, sources = prompts_from_label(label, clip.source_size, self.grid_size,
+                                      frame_numbers)
+            xy, sources = prompts_from_label(label, source_size, self.grid_size,
                                              self.mask_targets)
             queries = np.concatenate([np.full((len(xy), 1), row), xy], axis=1)
-        return clip, row, queries, sources
+        if streamed is not None and not self.stream_late_queries:
+            starts = [row] if queries is None else queries[:, 0]
+            if any(t != 0 for t in starts):  # a forward-only stream would start them late
+                self._check_memory(job)
+                streamed, clip = None, read_clip(job.path, size=self.input_size,
+                                                 **self.sampling)
+        return (clip if streamed is None else streamed), row, queries, sources
 
-    def _check_memory(self, job: Job) -> None:
-        """A `PromptError` with advice when ``job``'s clip would not fit in memory."""
+    def _streamed(self, job: Job) -> _Streamed | None:
+        """The clip as a `_Streamed` when it is long enough to decode while tracking."""
+        if not self.streams:
+            return None
+        info = probe(job.path)
+        kept = count_kept(info.num_frames, info.fps, **self.sampling)
+        w, h = self.input_size or info.size
+        if kept * w * h * 3 <= STREAM_OVER_BYTES:
+            return None
+        self._check_memory(job, held_frames=2 * stream_batch((w, h)))
+        rows = sample_indices(info.num_frames, info.fps, **self.sampling)
+        if len(rows) == 0:
+            raise VideoError(f"{job.path}: no frames in the requested range")
+        return _Streamed(job.path, info, rows)
+
+    def _check_memory(self, job: Job, held_frames: int | None = None) -> None:
+        """A `PromptError` with advice when ``job``'s clip would not fit in memory
+        (``held_frames``: a streamed clip holds that many frames at a time)."""
         check = self.memory_check
         if check is None and self.estimator is not None:
             check = functools.partial(self.estimator.check_memory, on_device=False)
@@ -139,10 +196,12 @@ class SampleWork:
         info = probe(job.path)
         points = self.grid_size**2 if self.queries is None else len(self.queries)
         check(count_kept(info.num_frames, info.fps, **self.sampling), info.size, points,
-              what=job.path)
+              what=job.path, held_frames=held_frames)
 
     def track(self, tracker: Tracker, job: Job, loaded: tuple) -> tuple:
         clip, row, queries, sources = loaded
+        if isinstance(clip, _Streamed):
+            return self._track_streamed(tracker, clip, row, queries), sources
         tracks = tracker.track(
             clip,
             grid_size=0 if queries is not None else self.grid_size,
@@ -151,6 +210,34 @@ class SampleWork:
             backward_tracking=self.backward_tracking,
         )
         return tracks, sources
+
+    def _track_streamed(self, tracker: Tracker, clip: _Streamed, row: int,
+                        queries: np.ndarray | None):
+        """`track` of a clip decoded a batch at a time into the engine's stream: the same
+        tracks as from the whole decoded clip."""
+        size = self.input_size or clip.info.size
+        batch = stream_batch(size)
+        stream = tracker.stream(grid_size=0 if queries is not None else self.grid_size,
+                                queries=queries, grid_query_frame=row,
+                                source_size=clip.info.size)
+        numbers: list[int] = []
+        chunk: list[np.ndarray] = []
+        for frame in iter_frames(clip.path, size=self.input_size, **self.sampling):
+            numbers.append(frame.index)
+            chunk.append(frame.image)
+            if len(chunk) == batch:
+                stream.feed(np.stack(chunk))
+                chunk = []
+        if chunk:
+            stream.feed(np.stack(chunk))
+        if not numbers:
+            raise VideoError(f"{clip.path}: no frames in the requested range")
+        tracks = stream.finish()
+        # The stream counts rows from its first frame: give them their source frame numbers.
+        return dataclasses.replace(
+            tracks, frame_numbers=np.asarray(numbers, dtype=np.int64),
+            fps=sampled_fps(clip.info.fps, every=self.sampling["every"],
+                            fps=self.sampling["fps"]))
 
     def store(self, job: Job, result: tuple) -> None:
         tracks, sources = result
@@ -282,6 +369,8 @@ def track_dataset(
         claims=Claims(dataset._doc.id, label_field),
         memory_check=None if backend == "ray" else first.check_memory,
         estimator=first.estimator() if backend == "ray" else None,
+        streams=first.streams and not backward_tracking,
+        stream_late_queries=first.stream_late_queries,
     )
     ids, paths, done = samples.values(["id", "filepath", f"{result_field(label_field)}.num_frames"])
     summary = TrackSummary(label_field)

@@ -81,6 +81,16 @@ def as_clip(video: VideoLike, size: tuple[int, int] | None = None, **sampling) -
     return Clip(frames=frames, frame_numbers=np.arange(T), fps=0.0, source_size=(W, H))
 
 
+STREAM_BATCH_FRAMES = 32  # four steps of online CoTracker3's window
+STREAM_BATCH_BYTES = 64 * 2**20
+
+
+def stream_batch(size: tuple[int, int]) -> int:
+    """Frames of ``size`` (W, H) to decode and push into a stream at once: few enough to keep
+    memory bounded at any resolution, enough that per-push work is amortised."""
+    return max(1, min(STREAM_BATCH_FRAMES, STREAM_BATCH_BYTES // (size[0] * size[1] * 3)))
+
+
 def stream_frames(frames: Any, size: tuple[int, int] | None) -> np.ndarray:
     """A batch pushed to a stream as uint8 ``(T, H, W, 3)`` (a single ``(H, W, 3)`` frame
     allowed), checked against the stream's frame ``size`` (W, H) once it has one."""
