@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import logging
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,6 +74,8 @@ def _root_dataset(samples) -> fo.Dataset:
     return fo.load_dataset(samples.dataset_name)
 
 
+_LOADING = threading.Lock()
+
 #: Clips whose decoded frames would take more than this go a batch at a time into engines
 #: that stream (online CoTracker3, LK), decoded while tracking, so a long video holds one
 #: batch and the engine's window instead of the whole clip. Shorter clips are decoded whole,
@@ -125,10 +128,14 @@ class SampleWork:
         return {**self.__dict__, "memory_check": None}
 
     def dataset(self) -> fo.Dataset:
-        dataset = fo.load_dataset(self.dataset_name)  # one object per process (cached)
-        if not dataset.has_field(result_field(self.label_field)):
-            # A worker that served an earlier run holds the schema of that time.
-            dataset.reload()
+        # One object per process (FiftyOne caches it). Loader threads claim at once, and
+        # `fo.load_dataset` is not thread-safe: its cache pops the object and puts it back,
+        # so a second thread in between makes a new object that replaces the caller's.
+        with _LOADING:
+            dataset = fo.load_dataset(self.dataset_name)
+            if not dataset.has_field(result_field(self.label_field)):
+                # A worker that served an earlier run holds the schema of that time.
+                dataset.reload()
         return dataset
 
     def _is_done(self, sample_id: str) -> bool:

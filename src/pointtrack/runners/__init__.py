@@ -151,13 +151,37 @@ def default_store_processes(tracker: Tracker) -> int:
     return max(1, min(8, (os.cpu_count() or 2) // 2))
 
 
+def _lower_priority() -> None:
+    """Make the calling thread (and the threads it starts, such as a decoder's) yield the CPU
+    to the tracking thread: launching GPU work is CPU-bound, and every millisecond it waits
+    for a core is a millisecond the GPU idles. Linux nice values are per thread."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + 5))
+    except (AttributeError, OSError):  # not Linux, or not allowed: run at the same priority
+        pass
+
+
 def _store_pool(processes: int) -> Executor:
     if processes == 0:
-        return ThreadPoolExecutor(1, thread_name_prefix="pointtrack-store")
+        return ThreadPoolExecutor(1, thread_name_prefix="pointtrack-store",
+                                  initializer=_lower_priority)
     import multiprocessing
 
     # spawn, not fork: the tracking process holds CUDA and database connections.
-    return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+    return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_lower_priority)
+
+
+_SKIPPED = object()  # a load task's result when another run holds the job
+
+
+def _claimed_load(work: Work, job: Job) -> Any:
+    """Claim ``job`` and decode it (on a loader thread: the claim's database round trips stay
+    off the tracking thread); `_SKIPPED` if another run holds it."""
+    if not work.claim(job):
+        return _SKIPPED
+    return _timed(work.load, job)
 
 
 def run_local(
@@ -189,17 +213,16 @@ def run_local(
     lock = threading.Lock()  # guards the queues, the claims and the outcome bookkeeping
     aborted: list[BaseException] = []
     pid = os.getpid()
-    with ThreadPoolExecutor(loaders, thread_name_prefix="pointtrack-load") as load_pool, \
+    with ThreadPoolExecutor(loaders, thread_name_prefix="pointtrack-load",
+                            initializer=_lower_priority) as load_pool, \
             _store_pool(store_processes) as store_pool:
         loads: deque[tuple[Job, Future]] = deque()
         stores: deque[tuple[Job, dict, Future]] = deque()
 
         def load_next() -> None:
-            for job in todo:  # the next job this run may claim
-                if work.claim(job):
-                    loads.append((job, load_pool.submit(_timed, work.load, job)))
-                    return
-                run.skipped(job)
+            job = next(todo, None)
+            if job is not None:
+                loads.append((job, load_pool.submit(_claimed_load, work, job)))
 
         def next_loaded() -> tuple[Job, Future] | None:
             with lock:
@@ -228,16 +251,26 @@ def run_local(
                 while (item := next_loaded()) is not None:
                     job, future = item
                     try:
-                        loaded, t_load = future.result()
-                        with lock:
-                            load_next()  # decoding of the next job overlaps this tracking
+                        claimed = future.result()
+                    except Exception as e:  # noqa: BLE001 -- the claim or the decoding
+                        claimed = e
+                    with lock:
+                        load_next()  # decoding of the next job overlaps this tracking
+                        if claimed is _SKIPPED:
+                            run.skipped(job)
+                            continue
+                        if isinstance(claimed, Exception):
+                            run.failed(job, claimed, pid)
+                            continue
+                    loaded, t_load = claimed
+                    try:
                         result, t_track = _timed(work.track, tracker, job, loaded)
-                        del loaded
                     except Exception as e:  # noqa: BLE001
                         with lock:
-                            load_next()
                             run.failed(job, e, pid)
                         continue
+                    finally:
+                        del loaded
                     stored = store_pool.submit(_stored, work, job, result)
                     del result
                     with lock:
