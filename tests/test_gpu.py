@@ -191,3 +191,29 @@ def test_short_attention_matches_sdpa(L):
     assert out.shape == (B, L, 384) and out.dtype == torch.bfloat16
     assert float((out.float() - ref).abs().max()) < 3e-2
     assert float((out.float() - ref).norm() / ref.norm()) < 1e-2
+
+
+def test_new_video_lengths_use_no_cudnn_attention():
+    """cuDNN's SDPA builds a graph per new shape (0.3-2.4 s each on an H200): the transformer
+    must not call it, whatever the video's length."""
+    from torch.profiler import ProfilerActivity, profile
+
+    tracker = load_tracker("cotracker3-offline", checkpoint=_weights(CoTracker3Offline),
+                           device="cuda", precision="bf16", progress=False)
+    tracker.track(_video(T=40), grid_size=5)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        tracker.track(_video(T=43), grid_size=5)
+    names = {e.key for e in prof.key_averages()}
+    assert "aten::scaled_dot_product_attention" in names  # the profile saw the transformer
+    assert not any("cudnn_attention" in n for n in names), sorted(names)
+
+
+def test_fp32_gpu_call_keeps_device_memory_small():
+    """cuDNN's convolution autotuner tried workspaces of 55.9 GiB in fp32; it runs only in
+    bf16 now, so an fp32 online call peaks near its working set."""
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    tracker = load_tracker("cotracker3-online", checkpoint=_weights(CoTracker3Online),
+                           device="cuda", progress=False)
+    tracker.track(_video(T=24), grid_size=10)
+    assert torch.cuda.max_memory_allocated() < 4 * 2**30
