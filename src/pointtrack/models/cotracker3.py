@@ -436,8 +436,9 @@ class CoTracker3(nn.Module):
         chunks = []
         step = self.cfg.encoder_chunk
         compiled = self._compiled_encoder(video)
-        # cuDNN's autotuner finds far faster convolutions for these few fixed shapes (2x on
-        # an H100); scoped here so the caller's setting stays as it was.
+        # cuDNN's autotuner finds faster convolutions for these few fixed shapes in bf16 (the
+        # engines leave it off in fp32: no gain, huge trial workspaces); scoped here so the
+        # caller's setting stays as it was.
         benchmark = torch.backends.cudnn.benchmark
         torch.backends.cudnn.benchmark = benchmark or (video.is_cuda and self.cfg.cudnn_benchmark)
         try:
