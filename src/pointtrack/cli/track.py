@@ -7,7 +7,6 @@ import os
 import time
 import warnings
 from contextlib import ExitStack
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -269,7 +268,8 @@ def track_streamed(args, tracker, queries, mask, info, sampled: np.ndarray, batc
     tracks come out as `track_decoded`'s."""
     from tqdm.auto import tqdm
 
-    from ..video import VideoError, iter_frames, sampled_fps
+    from ..trackers.base import feed_and_finish
+    from ..video import iter_frames, sampled_fps
 
     started = time.perf_counter()
     queries, grid_row = prompt_rows(args, queries, mask, sampled)
@@ -281,22 +281,8 @@ def track_streamed(args, tracker, queries, mask, info, sampled: np.ndarray, batc
     frames = iter_frames(args.video, size=tracker.input_size, **sampling(args))
     # disable=None: no bar when stderr is not a terminal (logs, CI, pipes).
     bar = tqdm(frames, desc="track", unit="frame", leave=False, disable=None, total=len(sampled))
-    numbers: list[int] = []
-    chunk: list[np.ndarray] = []
-    for frame in bar:
-        numbers.append(frame.index)
-        chunk.append(frame.image)
-        if len(chunk) == batch:
-            stream.feed(np.stack(chunk))
-            chunk = []
-    if chunk:
-        stream.feed(np.stack(chunk))
-    if not numbers:
-        raise VideoError(f"{args.video}: no frames in the requested range")
-    tracks = stream.finish()
-    # The stream counts rows from its first frame: give them their source frame numbers.
-    tracks = replace(tracks, frame_numbers=np.asarray(numbers, dtype=np.int64),
-                     fps=sampled_fps(info.fps, every=args.every, fps=args.fps))
+    tracks = feed_and_finish(stream, bar, batch, what=str(args.video),
+                             fps=sampled_fps(info.fps, every=args.every, fps=args.fps))
     report(tracks, time.perf_counter() - started, "decoding included")
     return tracks
 

@@ -9,7 +9,6 @@ and build its prompt, track it, write its labels (`labels`), or record why it fa
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import logging
 import re
@@ -24,7 +23,7 @@ import numpy as np
 from fiftyone.core.clips import ClipsView
 
 from ..runners import Job, Outcome, RunAborted, run_local, run_sequential
-from ..trackers.base import PromptError, Tracker, stream_batch
+from ..trackers.base import PromptError, Tracker, feed_and_finish, stream_batch
 from ..video import (
     VideoError,
     VideoInfo,
@@ -227,24 +226,10 @@ class SampleWork:
         stream = tracker.stream(grid_size=0 if queries is not None else self.grid_size,
                                 queries=queries, grid_query_frame=row,
                                 source_size=clip.info.size)
-        numbers: list[int] = []
-        chunk: list[np.ndarray] = []
-        for frame in iter_frames(clip.path, size=self.input_size, **self.sampling):
-            numbers.append(frame.index)
-            chunk.append(frame.image)
-            if len(chunk) == batch:
-                stream.feed(np.stack(chunk))
-                chunk = []
-        if chunk:
-            stream.feed(np.stack(chunk))
-        if not numbers:
-            raise VideoError(f"{clip.path}: no frames in the requested range")
-        tracks = stream.finish()
-        # The stream counts rows from its first frame: give them their source frame numbers.
-        return dataclasses.replace(
-            tracks, frame_numbers=np.asarray(numbers, dtype=np.int64),
-            fps=sampled_fps(clip.info.fps, every=self.sampling["every"],
-                            fps=self.sampling["fps"]))
+        frames = iter_frames(clip.path, size=self.input_size, **self.sampling)
+        return feed_and_finish(stream, frames, batch, what=clip.path,
+                               fps=sampled_fps(clip.info.fps, every=self.sampling["every"],
+                                               fps=self.sampling["fps"]))
 
     def store(self, job: Job, result: tuple) -> None:
         tracks, sources = result

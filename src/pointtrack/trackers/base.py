@@ -5,13 +5,14 @@ from __future__ import annotations
 import copy
 import os
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from ..tracks import Tracks
-from ..video import Clip, read_clip
+from ..video import Clip, Frame, VideoError, read_clip
 
 
 class PromptError(ValueError):
@@ -89,6 +90,26 @@ def stream_batch(size: tuple[int, int]) -> int:
     """Frames of ``size`` (W, H) to decode and push into a stream at once: few enough to keep
     memory bounded at any resolution, enough that per-push work is amortised."""
     return max(1, min(STREAM_BATCH_FRAMES, STREAM_BATCH_BYTES // (size[0] * size[1] * 3)))
+
+
+def feed_and_finish(stream: Any, frames: Iterable[Frame], batch: int, fps: float,
+                    what: str) -> Tracks:
+    """Feed decoded ``frames`` into ``stream`` ``batch`` at a time and finish it: the tracks
+    with the frames' source numbers (a stream counts rows from its first frame) and ``fps``
+    (the sampled rate). `VideoError` naming ``what`` when no frame came."""
+    numbers: list[int] = []
+    chunk: list[np.ndarray] = []
+    for frame in frames:
+        numbers.append(frame.index)
+        chunk.append(frame.image)
+        if len(chunk) == batch:
+            stream.feed(np.stack(chunk))
+            chunk = []
+    if chunk:
+        stream.feed(np.stack(chunk))
+    if not numbers:
+        raise VideoError(f"{what}: no frames in the requested range")
+    return replace(stream.finish(), frame_numbers=np.asarray(numbers, np.int64), fps=fps)
 
 
 def stream_frames(frames: Any, size: tuple[int, int] | None) -> np.ndarray:
