@@ -10,10 +10,11 @@ One run, the same videos for every row (a fresh FiftyOne dataset per row):
 - ``pipelined``: ``track_dataset()`` (the default local runner).
 - ``pipelined-2``: the same with two copies of the model on the GPU, each tracking on a
   thread of its own (one's kernel launches overlap the other's GPU work).
-- ``pipelined-2proc``: two processes, each with its model and the local runner, over the same
-  dataset and field at once: the per-sample claims split the videos between them (one
-  process's CPU-bound kernel launches overlap the other's GPU work, with no shared GIL).
-  Each loads and compiles its model before the clock starts.
+- ``pipelined-2proc`` / ``pipelined-3proc``: ``track_dataset(runner_options={"processes": N})``:
+  this process and N - 1 tracking processes, each with a copy of the model and a pipeline of
+  its own, sharing the videos (one process's CPU-bound kernel launches overlap another's GPU
+  work, with no shared GIL). The processes are started, and load and compile their models,
+  in a warm-up run (``keep_processes=True``, another field), timed apart as ``startup_s``.
 - ``ray``: ``track_dataset(backend="ray")`` on a local Ray cluster, one actor per GPU.
 - ``ray-2actors``: two actors per GPU (``num_gpus=0.5``), each a process of its own.
 - ``ray-2nodes``: the same on a cluster of two Ray nodes on this host (``ray start --head``
@@ -54,8 +55,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-ROWS = ("seed", "sequential", "pipelined", "pipelined-2", "pipelined-2proc", "ray",
-        "ray-2actors", "ray-2nodes")
+ROWS = ("seed", "sequential", "pipelined", "pipelined-2", "pipelined-2proc", "pipelined-3proc",
+        "ray", "ray-2actors", "ray-2nodes")
 
 
 def _make_one(task: tuple) -> str:
@@ -143,60 +144,6 @@ def seed_loop(ds, reference: Path, state_dict: dict, grid: int, device: str) -> 
     return len(ds)
 
 
-def worker(args: argparse.Namespace) -> None:
-    """``--worker DATASET``: load and compile the tracker, print "ready", wait for a line on
-    stdin, run the local runner over the dataset, print its summary as JSON."""
-    import pointtrack.fiftyone as ptf
-    from pointtrack.trackers import load_tracker
-    from pointtrack.video import read_clip
-
-    checkpoint = args.video_dir / "synthetic_offline.pth"
-    tracker = load_tracker("cotracker3-offline", checkpoint=str(checkpoint), device=args.device,
-                           precision=args.precision, progress=False)
-    warm = read_clip(sorted(args.video_dir.glob("clip*.mp4"))[0], size=tracker.input_size)
-    tracker.track(warm, grid_size=args.grid)
-    print("ready", flush=True)
-    sys.stdin.readline()
-    ds = ptf.load_dataset(args.worker)
-    summary = ptf.track_dataset(ds, tracker, "tracks", grid_size=args.grid, progress=False,
-                                runner_options={"loaders": args.loaders,
-                                                "store_processes": args.store_processes})
-    print(json.dumps({"done": len(summary.done), "skipped": len(summary.skipped),
-                      "failed": len(summary.failed)}), flush=True)
-
-
-def start_workers(args: argparse.Namespace, dataset_name: str, n: int) -> list:
-    """``n`` worker processes over ``dataset_name``, each ready (model loaded, compiled)."""
-    cmd = [sys.executable, __file__, "--worker", dataset_name, "--device", args.device,
-           "--precision", args.precision, "--grid", str(args.grid), "--video-dir",
-           str(args.video_dir), "--loaders", str(args.loaders)]
-    if args.store_processes is not None:
-        cmd += ["--store-processes", str(args.store_processes)]
-    procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-             for _ in range(n)]
-    for proc in procs:
-        for line in proc.stdout:
-            if line.strip() == "ready":
-                break
-        else:
-            raise RuntimeError(f"a worker exited with code {proc.wait()} before it was ready")
-    return procs
-
-
-def run_workers(procs: list) -> list[dict]:
-    """Start the ready workers at once; their summaries once all have finished."""
-    for proc in procs:
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-    out = []
-    for proc in procs:
-        lines = proc.stdout.read().strip().splitlines()
-        if proc.wait() != 0 or not lines:
-            raise RuntimeError(f"a worker failed with exit code {proc.returncode}")
-        out.append(json.loads(lines[-1]))
-    return out
-
-
 def ray_cluster(mode: str, cpus: int) -> tuple[str | None, list]:
     """(address, node commands to stop) of the Ray cluster a row runs on."""
     if mode == "ray":
@@ -228,13 +175,10 @@ def main() -> None:
     p.add_argument("--store-processes", type=int, default=None)
     p.add_argument("--loaders", type=int, default=3)
     p.add_argument("--ray-warmup", type=int, default=8,
-                   help="videos of the Ray rows' warm-up run (starts actors and workers)")
+                   help="videos of the warm-up run of the Ray and multi-process rows (starts "
+                        "actors, workers, processes)")
     p.add_argument("--out", type=Path)
-    p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.worker:
-        worker(args)
-        return
 
     import fiftyone as fo
     import torch
@@ -352,19 +296,10 @@ def main() -> None:
         entry: dict = {"row": row}
         if row == "pipelined-2":
             second_tracker()
-        workers = []
         try:
-            if row == "pipelined-2proc":
-                t = time.perf_counter()
-                workers = start_workers(args, ds.name, 2)
-                entry["startup_s"] = time.perf_counter() - t
             with GpuMonitor() as mon:
                 t = time.perf_counter()
-                if row == "pipelined-2proc":
-                    entry["workers"] = run_workers(workers)
-                    ds.reload()  # the workers declared the label fields
-                    assert sum(w["done"] for w in entry["workers"]) == n, entry["workers"]
-                elif row == "seed":
+                if row == "seed":
                     n = args.seed_videos
                     view = ds.limit(n)
                     seed_loop(view, args.reference, state_dict, args.grid, args.device)
@@ -379,6 +314,24 @@ def main() -> None:
                                    "store_processes": args.store_processes}
                         if row == "pipelined-2":
                             engines = [tracker, second_tracker()]
+                        if row.endswith("proc"):
+                            options.update(processes=int(row[len("pipelined-"):-len("proc")]),
+                                           keep_processes=True)
+                    if "keep_processes" in options:
+                        # Starts the processes; each loads and compiles its model on its first
+                        # video. Again until each has tracked one (the first run may end
+                        # before a process has started).
+                        workers: set = set()
+                        for _ in range(5):
+                            warm = ptf.track_dataset(
+                                ds.limit(args.ray_warmup), tracker, "warmup",
+                                grid_size=args.grid, runner_options=options, overwrite=True,
+                                progress=False, on_outcome=lambda o, w=workers: w.add(o.worker))
+                            assert len(warm.done) == min(args.ray_warmup, n), warm
+                            if len(workers) == options["processes"]:
+                                break
+                        entry["startup_s"] = time.perf_counter() - t
+                        t = time.perf_counter()
                     if backend == "ray":
                         address, stop_cmds = ray_cluster(row, cpus)
                         options = {"keep_actors": True}
@@ -417,9 +370,10 @@ def main() -> None:
         except Exception as e:  # noqa: BLE001 -- a failed row is reported, the rest still run
             entry["error"] = f"{type(e).__name__}: {e}"
         finally:
-            for proc in workers:
-                if proc.poll() is None:
-                    proc.kill()
+            if row.endswith("proc"):
+                from pointtrack.runners.processes import release_processes
+
+                release_processes()
             for cmd in stop_cmds:
                 subprocess.run(cmd, capture_output=True)
             if row.startswith("ray"):

@@ -233,6 +233,81 @@ def test_ray_worker_killed_mid_run(ray_cluster, dataset):
     assert_same_run(dataset, "ray", "ref")
 
 
+# -- Tracking processes (run_local(processes=N)) ---------------------------------------------
+
+
+@pytest.fixture
+def kept_processes():
+    from pointtrack.runners.processes import release_processes
+
+    yield
+    release_processes()
+
+
+def warm_processes(dataset, tracker, options) -> None:
+    """A one-video run: returns once the kept process has started and built its tracker
+    (the caller waits for it to end the run), so the next run starts with both warm."""
+    ptf.track_dataset(dataset.limit(1), tracker, "warm", grid_size=3, runner_options=options,
+                      progress=False)
+
+
+def test_tracking_processes_match_sequential(dataset, kept_processes):
+    slow = SlowLK()  # 0.5 s a video: both processes get work
+    options = {"processes": 2, "keep_processes": True, "store_processes": 1}
+    warm_processes(dataset, slow, options)
+    outcomes = []
+    summary = ptf.track_dataset(dataset, slow, "procs", grid_size=3, runner_options=options,
+                                on_outcome=outcomes.append, progress=False)
+    seq = ptf.track_dataset(dataset, load_tracker("lk"), "seq", grid_size=3,
+                            backend="sequential", progress=False)
+    assert sorted(summary.done) == sorted(seq.done) and summary.failed == seq.failed
+    assert len(outcomes) == NUM_VIDEOS + 1
+    workers = {o.worker for o in outcomes if o.status == "done"}
+    assert len(workers) == 2 and os.getpid() in workers  # this process and the kept one
+    assert_same_run(dataset, "procs", "seq")
+    again = ptf.track_dataset(dataset, slow, "procs", grid_size=3, runner_options=options,
+                              progress=False)
+    assert len(again.skipped) == NUM_VIDEOS and not again.done
+
+
+def test_tracking_process_killed_mid_run(dataset, kept_processes):
+    slow = SlowLK()
+    # Stores on a thread: a killed process leaves no store process of its own behind.
+    options = {"processes": 2, "keep_processes": True, "store_processes": 0}
+    warm_processes(dataset, slow, options)
+    killed, outcomes = [], []
+
+    def record(outcome):
+        outcomes.append(outcome)
+        if outcome.status == "done" and outcome.worker != os.getpid() and not killed:
+            os.kill(outcome.worker, signal.SIGKILL)
+            killed.append(outcome.worker)
+
+    summary = ptf.track_dataset(dataset, slow, "procs", grid_size=3, runner_options=options,
+                                on_outcome=record, progress=False)
+    assert killed
+    assert len(summary.done) == NUM_VIDEOS and len(summary.failed) == 1
+    keys = [o.job.key for o in outcomes]
+    assert len(keys) == len(set(keys)) == NUM_VIDEOS + 1  # each sample reported once
+    ptf.track_dataset(dataset, load_tracker("lk"), "ref", grid_size=3, backend="sequential",
+                      progress=False)
+    assert_same_run(dataset, "procs", "ref")
+    # The next run with these options starts a fresh process in place of the dead one.
+    more = ptf.track_dataset(dataset, slow, "more", grid_size=3, runner_options=options,
+                             progress=False)
+    assert len(more.done) == NUM_VIDEOS
+
+
+def test_cli_processes_flag(dataset, capsys):
+    assert main(["dataset", "track", dataset.name, "--engine", "lk", "--grid-size", "3",
+                 "--processes", "2", "--no-progress"]) == 1  # the broken video failed
+    dataset.reload()
+    assert len(dataset.exists("tracks_result")) == NUM_VIDEOS
+    capsys.readouterr()
+    assert main(["dataset", "track", dataset.name, "--engine", "lk", "--processes", "0"]) == 2
+    assert "--processes must be >= 1" in capsys.readouterr().err
+
+
 def test_ray_clip_too_long_for_memory_is_a_recorded_error(dataset, monkeypatch):
     """A Ray run checks each clip's memory where it is decoded, on the worker, against the
     driver's POINTTRACK_MEMORY_LIMIT (which the cluster the runner starts hands its workers):

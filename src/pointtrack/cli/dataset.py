@@ -52,7 +52,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="decoding threads ahead of the tracker (default 2)")
     t.add_argument("--store-processes", type=int, default=None, metavar="N",
                    help="processes writing labels (default: none on CPU, half the cores, at "
-                        "most 8, on GPU)")
+                        "most 8, on GPU, shared by the tracking processes)")
+    t.add_argument("--processes", type=int, default=1, metavar="N",
+                   help="tracking processes, each with a copy of the model on the device "
+                        "(default 1; 2 keeps a GPU busier: one's CPU work overlaps the "
+                        "other's GPU work)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=run_track)
 
@@ -115,6 +119,11 @@ def run_track(args: argparse.Namespace) -> int:
         raise CLIError(f"--loaders must be >= 1, got {args.loaders}")
     if args.store_processes is not None and args.store_processes < 0:
         raise CLIError(f"--store-processes must be >= 0, got {args.store_processes}")
+    if args.processes < 1:
+        raise CLIError(f"--processes must be >= 1, got {args.processes}")
+    if args.processes > 1 and (args.ray is not None or args.sequential):
+        raise CLIError("--processes is for the local runner: Ray runs one actor per GPU, "
+                       "--sequential one process")
     if args.ray is not None:
         from ..runners.ray import RayUnavailable, import_ray
 
@@ -126,7 +135,8 @@ def run_track(args: argparse.Namespace) -> int:
     else:
         backend = "sequential" if args.sequential else "local"
         options = {} if args.sequential else {"loaders": args.loaders,
-                                              "store_processes": args.store_processes}
+                                              "store_processes": args.store_processes,
+                                              "processes": args.processes}
     tracker = load_engine(args)
     try:
         summary = ptf.track_dataset(

@@ -314,7 +314,8 @@ def track_dataset(
             ``"ray"``: over a Ray cluster (`pointtrack.runners.ray.run_ray`, needs
             ``pointtrack[ray]``), at ``ray_address`` or a local one.
         runner_options: keyword arguments of the runner (e.g. ``loaders``,
-            ``store_processes``; for Ray ``num_actors``, ``num_gpus``).
+            ``store_processes``, ``processes``: tracking processes sharing the device; for
+            Ray ``num_actors``, ``num_gpus``).
         progress: a progress bar (True), none (False), or a function called with
             ``(samples finished, samples in all)`` as samples finish.
         on_outcome: called with each `pointtrack.runners.Outcome` as samples finish.

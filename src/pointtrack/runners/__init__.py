@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -192,6 +192,8 @@ def run_local(
     loaders: int = 2,
     prefetch: int = 2,
     store_processes: int | None = None,
+    processes: int = 1,
+    keep_processes: bool = False,
     on_outcome: OnOutcome | None = None,
 ) -> list[Outcome]:
     """The three stages at once: ``loaders`` threads decode ahead of the tracker (PyAV
@@ -200,16 +202,55 @@ def run_local(
     that many spawned processes (default: `default_store_processes`), with at most two per
     store worker waiting. Results are identical to `run_sequential`.
 
-    ``tracker`` may be several engines (say two copies of one model on one GPU): each tracks
-    on a thread of its own, so one's CPU work (kernel launches, host copies) overlaps
-    another's GPU work.
+    ``processes > 1`` adds ``processes - 1`` tracking processes (`pointtrack.runners.processes`),
+    each with a copy of the tracker and a pipeline of its own, sharing the jobs with this one
+    and the default store processes between them: one process's CPU work (kernel launches,
+    host copies) overlaps another's GPU work. ``keep_processes`` keeps them, models loaded and
+    compiled, for the next run with this tracker (`processes.release_processes` ends them).
+
+    ``tracker`` may also be several engines (copies of one model): each tracks on a thread of
+    its own in this process.
     """
     trackers = list(tracker) if isinstance(tracker, list | tuple) else [tracker]
     run = _Run(work, on_outcome)
     if store_processes is None:
         store_processes = default_store_processes(trackers[0])
+        if processes > 1 and store_processes:
+            store_processes = max(1, store_processes // processes)
+    options = {"loaders": loaders, "prefetch": prefetch, "store_processes": store_processes}
+    if processes <= 1:
+        _pipeline(iter(jobs), work, trackers, run, **options)
+        return run.outcomes
+
+    from .processes import tracker_processes
+
+    others = tracker_processes(trackers[0], processes - 1, keep_processes)
+    try:
+        def own(todo: Iterator[Job], report: OnOutcome) -> None:
+            _pipeline(todo, work, trackers, _Run(work, report), **options)
+
+        lost = others.run(jobs, work, own, options, run.report)
+    finally:
+        if not keep_processes:
+            others.close()
+    if lost:  # held by a process that died: its claims are this run's, so they are ours
+        _pipeline(iter(lost), work, trackers, run, **options)
+    return run.outcomes
+
+
+def _pipeline(
+    todo: Iterator[Job],
+    work: Work,
+    trackers: list[Tracker],
+    run: _Run,
+    *,
+    loaders: int,
+    prefetch: int,
+    store_processes: int,
+) -> None:
+    """`run_local` in this process: ``todo``'s jobs through loader threads, ``trackers``
+    (one thread each) and the store pool, outcomes to ``run``."""
     waiting_stores = 2 * max(store_processes, 1)
-    todo = iter(jobs)
     lock = threading.Lock()  # guards the queues, the claims and the outcome bookkeeping
     aborted: list[BaseException] = []
     pid = os.getpid()
@@ -294,7 +335,6 @@ def run_local(
             finish_stores(0)
     if aborted:
         raise aborted[0]
-    return run.outcomes
 
 
 __all__ = [

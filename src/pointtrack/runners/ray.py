@@ -22,9 +22,9 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
-from ..trackers import load_tracker
 from ..trackers.base import Tracker
 from . import Job, OnOutcome, Outcome, RunAborted, Work, _Run, error_message
+from .processes import build_tracker, tracker_spec
 
 logger = logging.getLogger(__name__)
 
@@ -61,33 +61,6 @@ def worker_env() -> dict[str, str]:
             if k in _DB_ENV or k.startswith(_POINTTRACK_ENV)}
 
 
-def tracker_spec(tracker: Tracker) -> Any:
-    """What a worker rebuilds ``tracker`` from: (name, options) for a registered engine, so no
-    model crosses the network (checkpoint paths must exist on the workers); else the tracker
-    object itself."""
-    from ..trackers import _REGISTRY
-
-    if _REGISTRY.get(tracker.name) is type(tracker):
-        options = dict(tracker.options)
-        if options.get("checkpoint") == "<state dict>":
-            # Engines forget an in-memory state dict once its weights are in the model.
-            if getattr(tracker, "checkpoint", None) is None:
-                raise ValueError(
-                    "this tracker was built from an in-memory state dict that is now inside "
-                    "its model: give Ray workers a checkpoint path (saved with torch.save)"
-                )
-            options["checkpoint"] = tracker.checkpoint
-        return (tracker.name, options)
-    return tracker
-
-
-def _build(spec: Any) -> Tracker:
-    if isinstance(spec, tuple):
-        name, options = spec
-        return load_tracker(name, **options)
-    return spec
-
-
 def _load(work: Work, job: Job) -> tuple[Any, float]:
     t = time.perf_counter()
     return work.load(job), time.perf_counter() - t
@@ -104,7 +77,7 @@ class _TrackerActor:
 
     def __init__(self, spec: Any) -> None:
         try:
-            self.tracker = _build(spec)
+            self.tracker = build_tracker(spec)
             self.error = None
         except Exception as e:  # noqa: BLE001 -- reported by the first call, which aborts
             self.error = error_message(e)
