@@ -131,6 +131,35 @@ def test_write_read_back_exact(dataset):
         assert all(getattr(kp, "occluded", None) is None for kp in frame)
 
 
+@pytest.mark.parametrize("confidence", [True, False])
+@pytest.mark.parametrize("occluded", [False, True])
+def test_frames_encoded_with_numpy_are_pymongos_documents(confidence, occluded):
+    """The writer's NumPy BSON (tracks without sources) decodes to exactly the documents of
+    `tracks_to_frames`, and re-encodes to the same bytes; frames of 0 to 1200 keypoints cover
+    every width of BSON's array keys."""
+    import bson
+
+    from pointtrack.fiftyone.labels import _frames_bson
+
+    tracks = random_tracks(T=6, N=1200, seed=3, confidence=confidence)
+    tracks.visible[0] = False  # a frame with no keypoint
+    tracks.visible[1, :7] = True
+    tracks.visible[1, 7:] = False
+    tracks.visible[2] = True
+    fast = _frames_bson(tracks, occluded)
+    slow = ptf.tracks_to_frames(tracks, include_occluded=occluded, raw=True)
+    assert list(fast) == list(slow)
+    ids = []
+    for fn, doc in slow.items():
+        decoded = bson.decode(fast[fn].raw)
+        assert bson.encode(decoded) == fast[fn].raw
+        ids += [kp.pop("_id") for kp in decoded["keypoints"]]
+        for kp in doc["keypoints"]:
+            kp.pop("_id")
+        assert decoded == doc
+    assert len(ids) == len(set(ids)) == sum(len(d["keypoints"]) for d in slow.values())
+
+
 def test_include_occluded_and_rewrite_leaves_nothing_stale(dataset):
     sample = dataset.first()
     ptf.add_tracks(sample.id, random_tracks(T=9, N=30, seed=1), dataset=dataset,

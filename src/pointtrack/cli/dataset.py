@@ -51,8 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--loaders", type=int, default=2, metavar="N",
                    help="decoding threads ahead of the tracker (default 2)")
     t.add_argument("--store-processes", type=int, default=None, metavar="N",
-                   help="processes writing labels (default: none on CPU, half the cores, at "
-                        "most 8, on GPU, shared by the tracking processes)")
+                   help="processes writing labels (default: none on CPU, a quarter of the "
+                        "cores, at most 4, on GPU, shared by the tracking processes)")
     t.add_argument("--processes", type=int, default=1, metavar="N",
                    help="tracking processes, each with a copy of the model on the device "
                         "(default 1; 2 keeps a GPU busier: one's CPU work overlaps the "

@@ -173,21 +173,124 @@ class _gc_paused:
             gc.enable()
 
 
-def _object_ids(n: int) -> list[ObjectId]:
-    """``n`` fresh, unique ObjectIds made in bulk (``ObjectId()`` one by one costs ~1 s per
-    300k): the standard layout of a 4-byte timestamp, 5 random bytes (new per call) and a
-    3-byte counter, here starting at a random value; calls needing over 2**24 ids split."""
-    out: list[ObjectId] = []
+def _object_id_bytes(n: int) -> np.ndarray:
+    """``(n, 12)`` bytes of ``n`` fresh, unique ObjectIds, made in bulk (``ObjectId()`` one by
+    one costs ~1 s per 300k): the standard layout of a 4-byte timestamp, 5 random bytes (new
+    per call) and a 3-byte counter, here starting at a random value; calls needing over 2**24
+    ids split."""
+    parts = [np.empty((0, 12), np.uint8)]
     while n > 0:
         k = min(n, 2**24)
         head = struct.pack(">I", int(time.time())) + os.urandom(5)
         counter = (int.from_bytes(os.urandom(3), "big") + np.arange(k, dtype=np.uint32)) % 2**24
         tail = counter.astype(">u4").view(np.uint8).reshape(k, 4)[:, 1:]
-        raw = np.concatenate([np.tile(np.frombuffer(head, np.uint8), (k, 1)), tail], axis=1)
-        buf = raw.tobytes()
-        out.extend(ObjectId(buf[12 * j : 12 * j + 12]) for j in range(k))
+        parts.append(np.concatenate([np.tile(np.frombuffer(head, np.uint8), (k, 1)), tail],
+                                    axis=1))
         n -= k
-    return out
+    return np.concatenate(parts)
+
+
+def _object_ids(n: int) -> list[ObjectId]:
+    buf = _object_id_bytes(n).tobytes()
+    return [ObjectId(buf[12 * j : 12 * j + 12]) for j in range(n)]
+
+
+class _KeypointsEncoder:
+    """Per-frame ``Keypoints`` documents encoded straight to BSON with NumPy, for tracks without
+    sources: every keypoint document then has one layout, so a frame's documents are rows of
+    a byte template with the ids, positions, indices and confidences written in. BSON's
+    array keys ("0", "1", ...) are filled in by digit count. ~20x faster than building the
+    documents as dicts (and ObjectIds) for pymongo to encode, for byte-identical BSON: the
+    template is pymongo's own encoding of a document with marker values."""
+
+    _MARKS = {"_id": b"\xa1" * 12, "x": struct.pack("<d", 1.234567890123e-7),
+              "y": struct.pack("<d", 7.654321098765e-7), "index": struct.pack("<i", 0x7A5B3C1D),
+              "confidence": struct.pack("<d", 3.1415926535e-9)}
+
+    def __init__(self, confidence: bool, occluded: bool) -> None:
+        import bson
+
+        doc = {"_id": ObjectId(self._MARKS["_id"]), "_cls": "Keypoint", "tags": [],
+               "points": [[struct.unpack("<d", self._MARKS["x"])[0],
+                           struct.unpack("<d", self._MARKS["y"])[0]]],
+               "index": struct.unpack("<i", self._MARKS["index"])[0]}
+        if confidence:
+            doc["confidence"] = [struct.unpack("<d", self._MARKS["confidence"])[0]]
+        if occluded:
+            doc["occluded"] = True
+        raw = bson.encode(doc)
+        self.template = np.frombuffer(raw, np.uint8)
+        self.at = {}
+        for name, mark in self._MARKS.items():
+            if name in doc or name in ("x", "y"):
+                self.at[name] = raw.index(mark)
+                assert raw.count(mark) == 1
+        if occluded:
+            # The last element: type 0x08, key "occluded", one byte of value, then the end.
+            self.at["occluded"] = len(raw) - 2
+            assert raw[self.at["occluded"] - len(b"occluded") - 2] == 0x08
+        head = bson.encode({"_cls": "Keypoints", "keypoints": []})
+        self.head = head[: -len(b"\x05\x00\x00\x00\x00\x00")]  # up to the empty array
+
+    def frame(self, ids: np.ndarray, xy: np.ndarray, oids: np.ndarray,
+              confidence: np.ndarray | None, occluded: np.ndarray | None) -> bytes:
+        """The BSON of one frame's ``Keypoints``: ``ids`` ``(n,)`` track indices, ``xy``
+        ``(n, 2)`` float64 normalised positions, ``oids`` ``(n, 12)`` id bytes."""
+        from bson.raw_bson import RawBSONDocument
+
+        n, size = len(ids), len(self.template)
+        rows = np.empty((n, size), np.uint8)
+        rows[:] = self.template
+        at = self.at
+        rows[:, at["_id"] : at["_id"] + 12] = oids
+        rows[:, at["x"] : at["x"] + 8] = xy[:, 0].astype("<f8").view(np.uint8).reshape(n, 8)
+        rows[:, at["y"] : at["y"] + 8] = xy[:, 1].astype("<f8").view(np.uint8).reshape(n, 8)
+        rows[:, at["index"] : at["index"] + 4] = (
+            ids.astype("<i4").view(np.uint8).reshape(n, 4))
+        if confidence is not None:
+            rows[:, at["confidence"] : at["confidence"] + 8] = (
+                confidence.astype("<f8").view(np.uint8).reshape(n, 8))
+        if occluded is not None:
+            rows[:, at["occluded"]] = occluded
+        # The array's elements: type 0x03 (document), key = position in decimal, NUL, document.
+        parts = []
+        for digits in range(1, len(str(max(n - 1, 0))) + 1):
+            lo, hi = (0 if digits == 1 else 10 ** (digits - 1)), min(n, 10**digits)
+            if lo >= hi:
+                break
+            pos = np.arange(lo, hi)
+            element = np.empty((hi - lo, digits + 2 + size), np.uint8)
+            element[:, 0] = 0x03
+            for j in range(digits):
+                element[:, 1 + j] = 48 + (pos // 10 ** (digits - 1 - j)) % 10
+            element[:, digits + 1] = 0
+            element[:, digits + 2 :] = rows[lo:hi]
+            parts.append(element.tobytes())
+        body = b"".join(parts)
+        array = struct.pack("<i", 4 + len(body) + 1) + body + b"\x00"
+        total = len(self.head) + len(array) + 1
+        return RawBSONDocument(struct.pack("<i", total) + self.head[4:] + array + b"\x00")
+
+
+def _frames_bson(tracks: Tracks, include_occluded: bool) -> dict[int, Any]:
+    """`tracks_to_frames` (no sources) as BSON documents, for the bulk writer."""
+    W, H = tracks.frame_size
+    norm = tracks.xy.astype(np.float64) / np.array([W, H], dtype=np.float64)
+    keep = np.ones_like(tracks.visible) if include_occluded else tracks.visible
+    conf = tracks.confidence
+    encoder = _KeypointsEncoder(conf is not None, include_occluded)
+    oids = _object_id_bytes(int(keep.sum()))
+    frames, start = {}, 0
+    for t, fn in enumerate(tracks.frame_numbers.tolist()):
+        ids = np.flatnonzero(keep[t])
+        n = len(ids)
+        frames[fn + 1] = encoder.frame(
+            ids, norm[t, ids], oids[start : start + n],
+            None if conf is None else conf[t, ids].astype(np.float64),
+            (~tracks.visible[t, ids]) if include_occluded else None,
+        )
+        start += n
+    return frames
 
 
 def _serialize(array: np.ndarray) -> bytes:
@@ -324,7 +427,11 @@ def _write(
         tracks, sources=sources, settings=settings,
         spill_path=_spill_path(dataset, sample_id, label_field),
     )
-    frames = tracks_to_frames(tracks, include_occluded=include_occluded, sources=sources, raw=True)
+    if sources is None:
+        frames = _frames_bson(tracks, include_occluded)
+    else:  # labels of varying length: documents for pymongo to encode
+        frames = tracks_to_frames(tracks, include_occluded=include_occluded, sources=sources,
+                                  raw=True)
     _clear(dataset, sample_id, label_field)
     # One bulk write for all frames of the sample (frames that do not exist yet are created),
     # then the result, which marks the sample as done.

@@ -143,12 +143,14 @@ def run_sequential(
 
 def default_store_processes(tracker: Tracker) -> int:
     """Store processes for `run_local`: none on CPU (tracking is the slow stage, a thread
-    keeps up), else half the cores, at most 8: building hundreds of thousands of label
-    documents per video in the tracking process would hold its GIL while the GPU waits."""
+    keeps up), else a quarter of the cores, at most 4: a store encodes ~100k keypoints in
+    ~0.1 s and MongoDB takes ~0.3 s to write them, so a few keep up with a GPU, and each
+    more is a process importing FiftyOne and competing for the cores that decode and launch
+    kernels. Not a thread of the tracking process: that would hold its GIL."""
     device = getattr(tracker, "device", None)
     if device is None or getattr(device, "type", str(device)) == "cpu":
         return 0
-    return max(1, min(8, (os.cpu_count() or 2) // 2))
+    return max(1, min(4, (os.cpu_count() or 2) // 4))
 
 
 def _lower_priority() -> None:
