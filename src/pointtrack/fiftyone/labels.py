@@ -43,6 +43,7 @@ from typing import Any
 
 import fiftyone as fo
 import fiftyone.core.media as fom
+import fiftyone.core.odm as foo
 import numpy as np
 from bson import ObjectId
 
@@ -388,14 +389,17 @@ def prepare_fields(dataset: fo.Dataset, label_field: str) -> None:
     schema = dataset.get_field_schema(flat=True)
     rfield, efield = result_field(label_field), error_field(label_field)
     if rfield not in schema:
-        dataset.add_sample_field(
-            rfield, fo.EmbeddedDocumentField, embedded_doc_type=fo.DynamicEmbeddedDocument
-        )
+        # One declaration with every subfield: each schema change reloads the dataset.
+        fields = [foo.create_field(name, ftype, **kwargs)
+                  for name, (ftype, kwargs) in _result_schema().items()]
+        dataset.add_sample_field(rfield, fo.EmbeddedDocumentField,
+                                 embedded_doc_type=fo.DynamicEmbeddedDocument, fields=fields)
     elif getattr(schema[rfield], "document_type", None) is not fo.DynamicEmbeddedDocument:
         raise DatasetError(f"sample field '{rfield}' exists and is not a pointtrack result")
-    for name, (ftype, kwargs) in _result_schema().items():
-        if f"{rfield}.{name}" not in schema:
-            dataset.add_sample_field(f"{rfield}.{name}", ftype, **kwargs)
+    else:
+        for name, (ftype, kwargs) in _result_schema().items():
+            if f"{rfield}.{name}" not in schema:
+                dataset.add_sample_field(f"{rfield}.{name}", ftype, **kwargs)
     if efield not in schema:
         dataset.add_sample_field(efield, fo.StringField)
 

@@ -16,6 +16,7 @@ samples. `run_sequential` does one stage after another (the reference behaviour)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -164,15 +165,37 @@ def _lower_priority() -> None:
         pass
 
 
-def _store_pool(processes: int) -> Executor:
+def _store_pool(processes: int, work: Work) -> Executor:
     if processes == 0:
         return ThreadPoolExecutor(1, thread_name_prefix="pointtrack-store",
                                   initializer=_lower_priority)
     import multiprocessing
 
     # spawn, not fork: the tracking process holds CUDA and database connections.
-    return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+    pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_lower_priority)
+    # Start every process now, each unpickling the work (importing what a store needs: a few
+    # seconds), while the first videos decode and track, not when their stores are due.
+    for _ in range(processes):
+        pool.submit(_ready, work)
+    return pool
+
+
+@contextlib.contextmanager
+def _stores_closed(pool: Executor, aborted: list) -> Iterator[None]:
+    """Shut the store pool down at the end of a run: once every store has finished, without
+    waiting for its processes to exit (~0.1-0.4 s each, with FiftyOne and torch loaded), which
+    they do in the background; after an abort, waiting for the stores under way."""
+    try:
+        yield
+    except BaseException:
+        pool.shutdown(wait=True)
+        raise
+    pool.shutdown(wait=bool(aborted))
+
+
+def _ready(work: Work) -> None:
+    """A store process's first task: unpickling ``work`` was the point."""
 
 
 _SKIPPED = object()  # a load task's result when another run holds the job
@@ -201,7 +224,7 @@ def run_local(
     """The three stages at once: ``loaders`` threads decode ahead of the tracker (PyAV
     releases the GIL while decoding), at most ``loaders + prefetch`` loaded videos wait in
     memory; this thread tracks; stores run behind on a thread (``store_processes=0``) or in
-    that many spawned processes (default: `default_store_processes`), with at most two per
+    that many spawned processes (default: `default_store_processes`), with at most eight per
     store worker waiting. Results are identical to `run_sequential`.
 
     ``processes > 1`` adds ``processes - 1`` tracking processes (`pointtrack.runners.processes`),
@@ -252,13 +275,16 @@ def _pipeline(
 ) -> None:
     """`run_local` in this process: ``todo``'s jobs through loader threads, ``trackers``
     (one thread each) and the store pool, outcomes to ``run``."""
-    waiting_stores = 2 * max(store_processes, 1)
+    # Results are small next to decoded clips; room for many keeps the tracker going while
+    # the store processes start.
+    waiting_stores = 8 * max(store_processes, 1)
     lock = threading.Lock()  # guards the queues, the claims and the outcome bookkeeping
     aborted: list[BaseException] = []
     pid = os.getpid()
+    store_pool = _store_pool(store_processes, work)
     with ThreadPoolExecutor(loaders, thread_name_prefix="pointtrack-load",
                             initializer=_lower_priority) as load_pool, \
-            _store_pool(store_processes) as store_pool:
+            _stores_closed(store_pool, aborted):
         loads: deque[tuple[Job, Future]] = deque()
         stores: deque[tuple[Job, dict, Future]] = deque()
 
