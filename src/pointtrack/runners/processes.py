@@ -95,18 +95,22 @@ def _serve(spec: Any, conn: Connection) -> None:
     except Exception as e:  # noqa: BLE001 -- reported; the runs go on without this process
         link.send(("broken", error_message(e)))
         return
-    while (message := conn.recv()) is not None:
-        run, work, options = message
-        if hasattr(work, "memory_check"):
-            # The caller's check stays with the caller (it holds that tracker): use ours.
-            work.memory_check = tracker.check_memory
-        error = None
-        try:
-            run_local(link.jobs(run), work, tracker,
-                      on_outcome=lambda o, run=run: link.send(("outcome", run, o)), **options)
-        except BaseException as e:  # noqa: BLE001 -- RunAborted: the caller stops the run
-            error = error_message(e)
-        link.send(("end", run, error))
+    try:
+        while (message := conn.recv()) is not None:
+            run, work, options = message
+            if hasattr(work, "memory_check"):
+                # The caller's check stays with the caller (it holds that tracker): use ours.
+                work.memory_check = tracker.check_memory
+            error = None
+            try:
+                run_local(link.jobs(run), work, tracker,
+                          on_outcome=lambda o, run=run: link.send(("outcome", run, o)),
+                          **options)
+            except BaseException as e:  # noqa: BLE001 -- RunAborted: the caller stops the run
+                error = error_message(e)
+            link.send(("end", run, error))
+    except (EOFError, OSError, KeyboardInterrupt):
+        pass  # the caller is gone (or Ctrl-C reached the whole process group): just end
 
 
 class TrackerProcesses:
