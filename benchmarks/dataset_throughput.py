@@ -113,6 +113,10 @@ class GpuMonitor:
         if self._nvml is not None:
             self._thread.join()
 
+    def restart(self) -> None:
+        """Forget the samples so far (a row's warm-up run is not part of its figure)."""
+        self.samples.clear()
+
     @property
     def busy(self) -> float | None:
         return float(np.mean(self.samples)) / 100 if self.samples else None
@@ -331,6 +335,7 @@ def main() -> None:
                             if len(workers) == options["processes"]:
                                 break
                         entry["startup_s"] = time.perf_counter() - t
+                        mon.restart()
                         t = time.perf_counter()
                     if backend == "ray":
                         address, stop_cmds = ray_cluster(row, cpus)
@@ -344,6 +349,7 @@ def main() -> None:
                                                  progress=False)
                         assert len(warm.done) == min(args.ray_warmup, n), warm
                         entry["startup_s"] = time.perf_counter() - t
+                        mon.restart()
                         t = time.perf_counter()
                     stages: dict = {}
 
