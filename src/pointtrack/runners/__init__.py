@@ -16,7 +16,6 @@ samples. `run_sequential` does one stage after another (the reference behaviour)
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
@@ -181,19 +180,6 @@ def _store_pool(processes: int, work: Work) -> Executor:
     return pool
 
 
-@contextlib.contextmanager
-def _stores_closed(pool: Executor, aborted: list) -> Iterator[None]:
-    """Shut the store pool down at the end of a run: once every store has finished, without
-    waiting for its processes to exit (~0.1-0.4 s each, with FiftyOne and torch loaded), which
-    they do in the background; after an abort, waiting for the stores under way."""
-    try:
-        yield
-    except BaseException:
-        pool.shutdown(wait=True)
-        raise
-    pool.shutdown(wait=bool(aborted))
-
-
 def _ready(work: Work) -> None:
     """A store process's first task: unpickling ``work`` was the point."""
 
@@ -281,10 +267,9 @@ def _pipeline(
     lock = threading.Lock()  # guards the queues, the claims and the outcome bookkeeping
     aborted: list[BaseException] = []
     pid = os.getpid()
-    store_pool = _store_pool(store_processes, work)
     with ThreadPoolExecutor(loaders, thread_name_prefix="pointtrack-load",
                             initializer=_lower_priority) as load_pool, \
-            _stores_closed(store_pool, aborted):
+            _store_pool(store_processes, work) as store_pool:
         loads: deque[tuple[Job, Future]] = deque()
         stores: deque[tuple[Job, dict, Future]] = deque()
 
