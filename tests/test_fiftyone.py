@@ -18,6 +18,7 @@ from pathlib import Path
 import cv2
 import fiftyone as fo
 import numpy as np
+import psutil
 import pytest
 
 import pointtrack.fiftyone as ptf
@@ -294,7 +295,8 @@ class SlowLK(LucasKanadeTracker):
         return super()._track(clip, prompt)
 
 dataset = ptf.load_dataset(sys.argv[1])
-ptf.track_dataset(dataset, SlowLK(), grid_size=3, every=2, progress=False)
+ptf.track_dataset(dataset, SlowLK(), grid_size=3, every=2, progress=False,
+                  runner_options={"store_processes": 1})  # stores in a process of its own
 """
 
 
@@ -308,9 +310,11 @@ def test_resume_after_kill(video_dir, tmp_path):
         script.write_text(textwrap.dedent(RESUME_SCRIPT))
         proc = subprocess.Popen([sys.executable, str(script), name], env=os.environ.copy())
         deadline = time.time() + 120
+        children = []
         try:
             while time.time() < deadline and proc.poll() is None:
                 if len(ds.exists("tracks_result")) >= 2:
+                    children = psutil.Process(proc.pid).children(recursive=True)
                     break
                 time.sleep(0.05)
         finally:
@@ -318,6 +322,10 @@ def test_resume_after_kill(video_dir, tmp_path):
             proc.wait()
         done_before = set(ds.exists("tracks_result").values("id"))
         assert 2 <= len(done_before) < 5, "the run must be killed part way through"
+        # Its store process ends too, rather than wait for work for ever.
+        assert children
+        _, alive = psutil.wait_procs(children, timeout=15)
+        assert not alive, f"left behind: {alive}"
 
         summary = ptf.track_dataset(ds, load_tracker("lk"), grid_size=3, every=2,
                                     progress=False)

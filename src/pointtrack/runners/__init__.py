@@ -16,8 +16,10 @@ samples. `run_sequential` does one stage after another (the reference behaviour)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -172,12 +174,46 @@ def _store_pool(processes: int, work: Work) -> Executor:
 
     # spawn, not fork: the tracking process holds CUDA and database connections.
     pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_lower_priority)
+                               initializer=_store_process_started)
     # Start every process now, each unpickling the work (importing what a store needs: a few
     # seconds), while the first videos decode and track, not when their stores are due.
-    for _ in range(processes):
-        pool.submit(_ready, work)
+    with _script_not_rerun():
+        for _ in range(processes):
+            pool.submit(_ready, work)
     return pool
+
+
+@contextlib.contextmanager
+def _script_not_rerun() -> Iterator[None]:
+    """Spawn imports the caller's ``__main__`` script in each new process; a script without
+    an ``if __name__ == "__main__":`` guard would start its run again in every store process
+    (and fail). Store processes need nothing from the script, so while they start, the
+    script's path and module spec are hidden from multiprocessing."""
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__")
+             if main is not None and k in main.__dict__}
+    for k in saved:
+        setattr(main, k, None) if k == "__spec__" else delattr(main, k)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(main, k, v)
+
+
+def _store_process_started() -> None:
+    """A store process's set-up: a lower priority, and an end if its run's process dies (a
+    pool's process waits for work on a queue whose other end its siblings also hold, so it
+    would never see the run's process go)."""
+    _lower_priority()
+    run_process = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == run_process:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="pointtrack-orphan-watch", daemon=True).start()
 
 
 def _ready(work: Work) -> None:
