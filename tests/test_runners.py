@@ -298,6 +298,27 @@ def test_tracking_process_killed_mid_run(dataset, kept_processes):
     assert len(more.done) == NUM_VIDEOS
 
 
+UNGUARDED_SCRIPT = """
+import sys
+import pointtrack.fiftyone as ptf
+from pointtrack.trackers import load_tracker
+
+# No `if __name__ == "__main__":` guard: spawned processes must not run this again.
+summary = ptf.track_dataset(ptf.load_dataset(sys.argv[1]), load_tracker("lk"), grid_size=3,
+                            progress=False, runner_options={"processes": 2,
+                                                            "store_processes": 1})
+print("DONE", len(summary.done), len(summary.failed))
+"""
+
+
+def test_processes_from_a_script_without_main_guard(dataset, tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(UNGUARDED_SCRIPT))
+    out = subprocess.run([sys.executable, str(script), dataset.name], capture_output=True,
+                         text=True, env=os.environ.copy(), timeout=300)
+    assert f"DONE {NUM_VIDEOS} 1" in out.stdout, out.stderr[-2000:]
+
+
 def test_cli_processes_flag(dataset, capsys):
     assert main(["dataset", "track", dataset.name, "--engine", "lk", "--grid-size", "3",
                  "--processes", "2", "--no-progress"]) == 1  # the broken video failed

@@ -16,6 +16,7 @@ lost attempt wrote).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import logging
 import multiprocessing
@@ -27,7 +28,7 @@ from typing import Any
 
 from ..trackers import load_tracker
 from ..trackers.base import Tracker
-from . import Job, OnOutcome, Outcome, RunAborted, Work, error_message
+from . import Job, OnOutcome, Outcome, RunAborted, Work, _script_not_rerun, error_message
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +126,11 @@ class TrackerProcesses:
             mine, theirs = context.Pipe()
             # Not a daemon: it runs a local pipeline, whose store processes are its children.
             proc = context.Process(target=_serve, args=(spec, theirs), name="pointtrack-tracker")
-            proc.start()
+            # A registered engine's spec needs nothing from the caller's script: do not let
+            # spawn re-run it (an unguarded script would start its run again). A tracker
+            # object may be of a class that only the script defines: then it must be guarded.
+            with _script_not_rerun() if isinstance(spec, tuple) else contextlib.nullcontext():
+                proc.start()
             theirs.close()
             self.conns.append(mine)
             self.procs.append(proc)
