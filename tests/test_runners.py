@@ -472,3 +472,29 @@ def test_long_clip_streams_into_online_cotracker(dataset, monkeypatch):
     streamed = ptf.tracks_from_sample(sample, "streamed")
     assert streamed.equals(ptf.tracks_from_sample(sample, "whole"))
     assert streamed.num_frames == T + 1
+
+
+def test_lower_priority_once_per_thread():
+    """Loaders, stores and Ray's load/store tasks yield the CPU to the tracking thread: +5
+    nice once per thread, however many tasks the thread runs; other threads keep theirs."""
+    import threading
+
+    from pointtrack.runners import _lower_priority
+
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    seen = {}
+
+    def task() -> None:
+        before = nice()
+        _lower_priority()
+        _lower_priority()  # a second task on the same thread
+        seen["delta"] = nice() - before
+
+    base = nice()
+    thread = threading.Thread(target=task)
+    thread.start()
+    thread.join()
+    assert seen["delta"] == min(5, 19 - base)
+    assert nice() == base

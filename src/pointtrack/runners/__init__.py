@@ -159,11 +159,17 @@ def _lower_priority() -> None:
     """Make the calling thread (and the threads it starts, such as a decoder's) yield the CPU
     to the tracking thread: launching GPU work is CPU-bound, and every millisecond it waits
     for a core is a millisecond the GPU idles. Linux nice values are per thread."""
+    if getattr(_lowered, "done", False):  # once per thread (Ray runs many tasks on one)
+        return
+    _lowered.done = True
     try:
         tid = threading.get_native_id()
         os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + 5))
     except (AttributeError, OSError):  # not Linux, or not allowed: run at the same priority
         pass
+
+
+_lowered = threading.local()
 
 
 def _store_pool(processes: int, work: Work) -> Executor:
