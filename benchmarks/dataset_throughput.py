@@ -122,6 +122,19 @@ class GpuMonitor:
         return float(np.mean(self.samples)) / 100 if self.samples else None
 
 
+def idle_timeline(spans: dict, start: float, end: float) -> dict:
+    """Where each tracker (by worker pid) was not tracking during a row: before its first
+    video, between videos, after its last; wall-clock seconds."""
+    out = {}
+    for worker, times in spans.items():
+        times = sorted(times)
+        gaps = [max(0.0, b[0] - a[1]) for a, b in zip(times, times[1:], strict=False)]
+        out[str(worker)] = {"before_first": times[0][0] - start, "between": float(np.sum(gaps)),
+                            "largest_gap": float(np.max(gaps, initial=0.0)),
+                            "after_last": end - times[-1][1]}
+    return out
+
+
 def seed_loop(ds, reference: Path, state_dict: dict, grid: int, device: str) -> int:
     """The notebook: torch.hub predictor on full-resolution float frames, Keypoint objects."""
     import fiftyone as fo
@@ -352,10 +365,14 @@ def main() -> None:
                         mon.restart()
                         t = time.perf_counter()
                     stages: dict = {}
+                    spans: dict = {}  # worker -> [(start, end)] of its tracking
+                    row_start = time.time()
 
-                    def add(outcome, stages=stages) -> None:
+                    def add(outcome, stages=stages, spans=spans) -> None:
                         for stage, s in outcome.seconds.items():
                             stages[stage] = stages.get(stage, 0.0) + s
+                        if "track" in outcome.times:
+                            spans.setdefault(outcome.worker, []).append(outcome.times["track"])
 
                     summary = ptf.track_dataset(ds, engines, "tracks", grid_size=args.grid,
                                                 backend=backend, ray_address=address,
@@ -364,6 +381,7 @@ def main() -> None:
                     # Summed over videos: track close to the row's time means the tracking
                     # loop is the bound; load and store run beside it.
                     entry["stage_s"] = stages
+                    entry["tracker_idle_s"] = idle_timeline(spans, row_start, time.time())
                     assert len(summary.done) == n, summary
                 seconds = time.perf_counter() - t
             keypoints = len(ds.limit(n).values("frames.tracks.keypoints.id", unwind=True))

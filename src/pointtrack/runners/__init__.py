@@ -45,13 +45,16 @@ class Job:
 class Outcome:
     """What became of a job: ``status`` is "done", "failed" (``error`` says why) or
     "skipped" (claimed by another run); ``seconds`` times each stage; ``worker`` is the pid
-    of the process that tracked it."""
+    of the process that tracked it; ``times`` when tracking ran."""
 
     job: Job
     status: str
     error: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     worker: int | None = None
+    #: Wall-clock (``time.time()``) start and end of tracking, where the runner knows them:
+    #: ``{"track": (start, end)}``; a benchmark reads the tracker's idle gaps from them.
+    times: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 class Work(Protocol):
@@ -104,8 +107,9 @@ class _Run:
         if self.on_outcome is not None:
             self.on_outcome(outcome)
 
-    def done(self, job: Job, seconds: dict[str, float], worker: int | None = None) -> None:
-        self.report(Outcome(job, "done", seconds=seconds, worker=worker))
+    def done(self, job: Job, seconds: dict[str, float], worker: int | None = None,
+             times: dict | None = None) -> None:
+        self.report(Outcome(job, "done", seconds=seconds, worker=worker, times=times or {}))
 
     def failed(self, job: Job, e: BaseException | str, worker: int | None = None) -> None:
         if isinstance(e, RunAborted):
@@ -324,7 +328,7 @@ def _pipeline(
             with lock:
                 return loads.popleft() if loads and not aborted else None
 
-        def finish_store(job: Job, seconds: dict, future: Future) -> None:
+        def finish_store(job: Job, seconds: dict, future: Future, times: dict) -> None:
             try:
                 seconds["store"] = future.result()
             except Exception as e:  # noqa: BLE001
@@ -332,7 +336,7 @@ def _pipeline(
                     run.failed(job, e, pid)
                 return
             with lock:
-                run.done(job, seconds, pid)
+                run.done(job, seconds, pid, times)
 
         def finish_stores(keep: int) -> None:
             while True:
@@ -360,6 +364,7 @@ def _pipeline(
                             continue
                     loaded, t_load = claimed
                     try:
+                        started = time.time()
                         result, t_track = _timed(work.track, tracker, job, loaded)
                     except Exception as e:  # noqa: BLE001
                         with lock:
@@ -370,7 +375,8 @@ def _pipeline(
                     stored = store_pool.submit(_stored, work, job, result)
                     del result
                     with lock:
-                        stores.append((job, {"load": t_load, "track": t_track}, stored))
+                        stores.append((job, {"load": t_load, "track": t_track}, stored,
+                                       {"track": (started, started + t_track)}))
                     finish_stores(waiting_stores)
             except BaseException as e:  # noqa: BLE001 -- RunAborted: every thread stops
                 with lock:

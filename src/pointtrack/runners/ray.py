@@ -88,10 +88,11 @@ class _TrackerActor:
         if self.error is not None:  # no job could be tracked: stop the run
             raise RunAborted(f"the tracker could not be built on a Ray worker: {self.error}")
         value, t_load = loaded
-        t = time.perf_counter()
+        started, t = time.time(), time.perf_counter()
         result = work.track(self.tracker, job, value)
-        meta = {"seconds": {"load": t_load, "track": time.perf_counter() - t},
-                "worker": os.getpid()}
+        t_track = time.perf_counter() - t
+        meta = {"seconds": {"load": t_load, "track": t_track}, "worker": os.getpid(),
+                "times": {"track": (started, started + t_track)}}
         return result, meta
 
 
@@ -231,7 +232,7 @@ def run_ray(
                         raise cause from None
                     run.failed(job, cause, meta["worker"])
                     continue
-                run.done(job, meta["seconds"], meta["worker"])
+                run.done(job, meta["seconds"], meta["worker"], meta["times"])
     finally:
         if not keep_actors:
             for actor in actors:
