@@ -329,6 +329,21 @@ def test_cli_processes_flag(dataset, capsys):
     assert "--processes must be >= 1" in capsys.readouterr().err
 
 
+def test_ray_run_says_what_it_waits_for(ray_cluster, dataset, monkeypatch, caplog):
+    import ray.cloudpickle
+
+    import pointtrack.runners.ray as pt_ray
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers can't import tests
+    monkeypatch.setattr(pt_ray, "STALL_S", 0.2)  # each video takes 0.5 s
+    with caplog.at_level("WARNING", logger="pointtrack.runners.ray"):
+        summary = ptf.track_dataset(dataset, SlowLK(), "ray", grid_size=3, backend="ray",
+                                    runner_options={"num_actors": 1}, progress=False)
+    assert len(summary.done) == NUM_VIDEOS  # waiting is reported, not treated as failure
+    assert any("no Ray task finished in" in r.getMessage() and "free resources" in r.getMessage()
+               for r in caplog.records)
+
+
 def test_ray_clip_too_long_for_memory_is_a_recorded_error(dataset, monkeypatch):
     """A Ray run checks each clip's memory where it is decoded, on the worker, against the
     driver's POINTTRACK_MEMORY_LIMIT (which the cluster the runner starts hands its workers):

@@ -39,6 +39,8 @@ _DB_ENV = (
 #: Prefix of pointtrack's own settings, which the workers get as the driver has them.
 _POINTTRACK_ENV = "POINTTRACK_"
 MAX_RESTARTS = 3
+#: Seconds without a finished task after which the run logs what it is waiting for.
+STALL_S = 120
 
 
 class RayUnavailable(RuntimeError):
@@ -204,7 +206,13 @@ def run_ray(
     try:
         submit()
         while tracking or storing:
-            ready, _ = ray.wait([*tracking, *storing], num_returns=1)
+            ready, _ = ray.wait([*tracking, *storing], num_returns=1, timeout=STALL_S)
+            if not ready:  # say what is pending: a stalled cluster otherwise shows nothing
+                logger.warning(
+                    "no Ray task finished in %g s: %d video(s) tracking or queued on %d "
+                    "actor(s), %d store(s) pending; free resources %s", STALL_S,
+                    len(tracking), len(actors), len(storing), ray.available_resources())
+                continue
             ref = ready[0]
             if ref in tracking:
                 job, i, result = tracking.pop(ref)
