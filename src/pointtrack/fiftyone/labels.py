@@ -127,10 +127,7 @@ def tracks_to_frames(
     """
     if sources is not None and len(sources) != tracks.num_tracks:
         raise ValueError(f"{len(sources)} sources for {tracks.num_tracks} tracks")
-    W, H = tracks.frame_size
-    # Normalise in float64: x / W * W gives back the float32 position up to float32 rounding.
-    norm = tracks.xy.astype(np.float64) / np.array([W, H], dtype=np.float64)
-    keep = np.ones_like(tracks.visible) if include_occluded else tracks.visible
+    norm, keep = _stored_points(tracks, include_occluded)
     conf = tracks.confidence
     labels = sources.label if sources is not None else None
     oids = _object_ids(int(keep.sum()))
@@ -163,6 +160,16 @@ def tracks_to_frames(
             doc = {"_cls": "Keypoints", "keypoints": kps}
             frames[fn + 1] = doc if raw else fo.Keypoints.from_dict(doc)
     return frames
+
+
+def _stored_points(tracks: Tracks, include_occluded: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The positions as stored, ``(T, N, 2)`` normalised by the frame size, and which points
+    are stored, ``(T, N)``: the visible ones, or all with ``include_occluded``."""
+    W, H = tracks.frame_size
+    # Normalise in float64: x / W * W gives back the float32 position up to float32 rounding.
+    norm = tracks.xy.astype(np.float64) / np.array([W, H], dtype=np.float64)
+    keep = np.ones_like(tracks.visible) if include_occluded else tracks.visible
+    return norm, keep
 
 
 class _gc_paused:
@@ -276,9 +283,7 @@ class _KeypointsEncoder:
 
 def _frames_bson(tracks: Tracks, include_occluded: bool) -> dict[int, Any]:
     """`tracks_to_frames` (no sources) as BSON documents, for the bulk writer."""
-    W, H = tracks.frame_size
-    norm = tracks.xy.astype(np.float64) / np.array([W, H], dtype=np.float64)
-    keep = np.ones_like(tracks.visible) if include_occluded else tracks.visible
+    norm, keep = _stored_points(tracks, include_occluded)
     conf = tracks.confidence
     encoder = _KeypointsEncoder(conf is not None, include_occluded)
     oids = _object_id_bytes(int(keep.sum()))

@@ -317,7 +317,7 @@ def _pipeline(
                             initializer=_lower_priority) as load_pool, \
             _store_pool(store_processes, work) as store_pool:
         loads: deque[tuple[Job, Future]] = deque()
-        stores: deque[tuple[Job, dict, Future]] = deque()
+        stores: deque[tuple[Job, dict, Future, dict]] = deque()  # job, seconds, store, times
 
         def load_next() -> None:
             job = next(todo, None)

@@ -134,12 +134,7 @@ class TrackerProcesses:
             theirs.close()
             self.conns.append(mine)
             self.procs.append(proc)
-        self.broken: str | None = None
         self._runs = itertools.count(1)
-
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.procs if p.is_alive()]
 
     def run(
         self,
@@ -216,7 +211,6 @@ class TrackerProcesses:
                                 errors.append(message[2])
                     elif kind == "broken":
                         del active[conn]
-                        self.broken = message[1]
                         logger.warning("a tracking process could not build its tracker: %s",
                                        message[1])
 

@@ -23,7 +23,18 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..trackers.base import Tracker
-from . import Job, OnOutcome, Outcome, RunAborted, Work, _lower_priority, _Run, error_message
+from . import (
+    Job,
+    OnOutcome,
+    Outcome,
+    RunAborted,
+    Work,
+    _lower_priority,
+    _Run,
+    _stored,
+    _timed,
+    error_message,
+)
 from .processes import build_tracker, tracker_spec
 
 logger = logging.getLogger(__name__)
@@ -65,15 +76,12 @@ def worker_env() -> dict[str, str]:
 
 def _load(work: Work, job: Job) -> tuple[Any, float]:
     _lower_priority()  # as the local runner's loaders: the tracker actor's launches come first
-    t = time.perf_counter()
-    return work.load(job), time.perf_counter() - t
+    return _timed(work.load, job)
 
 
 def _store(work: Work, job: Job, result: Any) -> float:
     _lower_priority()
-    t = time.perf_counter()
-    work.store(job, result)
-    return time.perf_counter() - t
+    return _stored(work, job, result)
 
 
 class _TrackerActor:
