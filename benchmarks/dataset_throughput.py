@@ -7,7 +7,9 @@ One run, the same videos for every row (a fresh FiftyOne dataset per row):
   ``fo.Keypoint`` objects, ``sample.frames.merge`` and ``sample.save()`` per video. It is so
   slow that it runs on the first ``--seed-videos`` videos only; its rate is per video.
 - ``sequential``: ``track_dataset(backend="sequential")``: decode, track, store, one by one.
-- ``pipelined``: ``track_dataset()`` (the default local runner).
+- ``pipelined``: ``track_dataset()`` (the default local runner: on a GPU, decoding processes).
+- ``pipelined-threads``: the same, decoding on threads of the tracking process
+  (``loader_processes=False``).
 - ``pipelined-2``: the same with two copies of the model on the GPU, each tracking on a
   thread of its own (one's kernel launches overlap the other's GPU work).
 - ``pipelined-2proc`` / ``pipelined-3proc``: ``track_dataset(runner_options={"processes": N})``:
@@ -57,8 +59,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-ROWS = ("seed", "sequential", "pipelined", "pipelined-2", "pipelined-2proc", "pipelined-3proc",
-        "ray", "ray-2actors", "ray-2nodes")
+ROWS = ("seed", "sequential", "pipelined", "pipelined-threads", "pipelined-2",
+        "pipelined-2proc", "pipelined-3proc", "ray", "ray-2actors", "ray-2nodes")
 
 
 def _make_one(task: tuple) -> str:
@@ -336,6 +338,8 @@ def main() -> None:
                     if backend == "local":
                         options = {"loaders": args.loaders,
                                    "store_processes": args.store_processes}
+                        if row == "pipelined-threads":
+                            options["loader_processes"] = False
                         if row == "pipelined-2":
                             engines = [tracker, second_tracker()]
                         if row.endswith("proc"):
@@ -375,7 +379,10 @@ def main() -> None:
                     spans: dict = {}  # worker -> [(start, end)] of its tracking
                     row_start = time.time()
 
-                    def add(outcome, stages=stages, spans=spans) -> None:
+                    loaders: list = []
+
+                    def add(outcome, stages=stages, spans=spans, loaders=loaders) -> None:
+                        loaders.append(outcome.loader)
                         for stage, s in outcome.seconds.items():
                             stages[stage] = stages.get(stage, 0.0) + s
                         if "track" in outcome.times:
@@ -389,6 +396,8 @@ def main() -> None:
                     # loop is the bound; load and store run beside it.
                     entry["stage_s"] = stages
                     entry["tracker_idle_s"] = idle_timeline(spans, row_start, time.time())
+                    entry["decoded_in_other_processes"] = sum(
+                        1 for pid in loaders if pid is not None and pid not in spans)
                     assert len(summary.done) == n, summary
                 seconds = time.perf_counter() - t
             keypoints = len(ds.limit(n).values("frames.tracks.keypoints.id", unwind=True))

@@ -84,7 +84,8 @@ def test_pipelined_matches_sequential(dataset):
         outcomes = []
         summary = ptf.track_dataset(
             dataset, lk, field, grid_size=4, every=2, progress=False,
-            runner_options={"store_processes": procs, "loaders": 2}, on_outcome=outcomes.append,
+            runner_options={"store_processes": procs, "loaders": 2,
+                            "loader_processes": False}, on_outcome=outcomes.append,
         )
         assert sorted(summary.done) == sorted(seq.done)
         assert summary.failed == seq.failed
@@ -92,6 +93,73 @@ def test_pipelined_matches_sequential(dataset):
         assert all(set(o.seconds) == {"load", "track", "store"} for o in outcomes
                    if o.status == "done")
         assert_same_run(dataset, field, "seq")
+
+
+def decoding_processes() -> list:
+    import psutil
+
+    return [p for p in psutil.Process().children()  # not the resource tracker
+            if any("spawn_main" in part for part in p.cmdline())]
+
+
+def test_decoding_processes_match_sequential(dataset):
+    """Decoding in processes (the GPU default): frames come back through shared memory; the
+    labels are the sequential run's, and no shared-memory block is left behind."""
+    lk = load_tracker("lk")
+    seq = ptf.track_dataset(dataset, lk, "seq", grid_size=4, backend="sequential",
+                            progress=False)
+    shm_before = set(os.listdir("/dev/shm"))
+    outcomes = []
+
+    def record(outcome):
+        outcomes.append(outcome)
+        if len(outcomes) == 1:  # the first loads ran on threads while the processes started
+            deadline = time.monotonic() + 60
+            while len(decoding_processes()) < 2 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(5)  # their imports
+
+    summary = ptf.track_dataset(dataset, lk, "pipe", grid_size=4, progress=False,
+                                runner_options={"store_processes": 0, "loaders": 2,
+                                                "loader_processes": True, "prefetch": 0},
+                                on_outcome=record)
+    assert sorted(summary.done) == sorted(seq.done) and summary.failed == seq.failed
+    assert "broken.mp4" in next(iter(summary.failed.values()))  # the process's error
+    loaders = {o.loader for o in outcomes if o.status == "done"}
+    assert os.getpid() in loaders and len(loaders) >= 2, loaders  # threads, then processes
+    assert_same_run(dataset, "pipe", "seq")
+    assert not {n for n in set(os.listdir("/dev/shm")) - shm_before if n.startswith("psm_")}
+
+
+def test_decoding_process_killed_mid_run(dataset):
+    """A decoding process killed mid-run: its jobs are decoded on threads instead, every
+    sample is done once, with the sequential run's labels."""
+    slow = SlowLK()
+    outcomes, killed = [], []
+
+    def record(outcome):
+        outcomes.append(outcome)
+        if len(outcomes) == 1:
+            deadline = time.monotonic() + 60
+            while len(decoding_processes()) < 2 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(5)
+        elif outcome.status == "done" and outcome.loader != os.getpid() and not killed:
+            victim = decoding_processes()[0]
+            victim.kill()
+            killed.append(victim.pid)
+
+    summary = ptf.track_dataset(dataset, slow, "pipe", grid_size=3, progress=False,
+                                runner_options={"store_processes": 0, "loaders": 2,
+                                                "loader_processes": True},
+                                on_outcome=record)
+    assert killed
+    assert len(summary.done) == NUM_VIDEOS and len(summary.failed) == 1
+    keys = [o.job.key for o in outcomes]
+    assert len(keys) == len(set(keys)) == NUM_VIDEOS + 1
+    ptf.track_dataset(dataset, load_tracker("lk"), "ref", grid_size=3, backend="sequential",
+                      progress=False)
+    assert_same_run(dataset, "pipe", "ref")
 
 
 def test_claims_keep_a_sample_to_one_run(dataset):

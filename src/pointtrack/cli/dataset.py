@@ -49,7 +49,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--sequential", action="store_true",
                    help="decode, track and store one after another (no pipelining)")
     t.add_argument("--loaders", type=int, default=2, metavar="N",
-                   help="decoding threads ahead of the tracker (default 2)")
+                   help="decoders ahead of the tracker (default 2)")
+    t.add_argument("--loader-processes", action=argparse.BooleanOptionalAction, default=None,
+                   help="decode in processes rather than threads of the tracking process "
+                        "(default: processes on GPU, where decoding threads would hold the "
+                        "GIL the tracking thread needs)")
     t.add_argument("--store-processes", type=int, default=None, metavar="N",
                    help="processes writing labels (default: none on CPU, a quarter of the "
                         "cores, at most 4, on GPU, shared by the tracking processes)")
@@ -136,6 +140,7 @@ def run_track(args: argparse.Namespace) -> int:
         backend = "sequential" if args.sequential else "local"
         options = {} if args.sequential else {"loaders": args.loaders,
                                               "store_processes": args.store_processes,
+                                              "loader_processes": args.loader_processes,
                                               "processes": args.processes}
     tracker = load_engine(args)
     try:

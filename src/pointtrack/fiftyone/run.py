@@ -9,6 +9,7 @@ and build its prompt, track it, write its labels (`labels`), or record why it fa
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import re
@@ -122,9 +123,18 @@ class SampleWork:
     #: they are tracked (`STREAM_OVER_BYTES`). ``stream_late_queries``: see `Tracker`.
     streams: bool = False
     stream_late_queries: bool = True
+    #: The tracker's free device memory, measured in its process, for `estimator`'s check
+    #: in a process that decodes for it on the same machine (`detached`).
+    device_free: int | None = None
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "memory_check": None}
+
+    def detached(self, tracker: Tracker) -> SampleWork:
+        """This work for processes that decode for ``tracker`` on this machine: the memory
+        check travels as the tracker's estimator, with its device's free memory now."""
+        return dataclasses.replace(self, memory_check=None, estimator=tracker.estimator(),
+                                   device_free=tracker.device_memory_free())
 
     def dataset(self) -> fo.Dataset:
         # One object per process (FiftyOne caches it). Loader threads claim at once, and
@@ -195,8 +205,10 @@ class SampleWork:
         """A `PromptError` with advice when ``job``'s clip would not fit in memory
         (``held_frames``: a streamed clip holds that many frames at a time)."""
         check = self.memory_check
-        if check is None and self.estimator is not None:
-            check = functools.partial(self.estimator.check_memory, on_device=False)
+        if check is None and self.estimator is not None:  # decoding in another process
+            check = functools.partial(self.estimator.check_memory,
+                                      on_device=self.device_free is not None,
+                                      device_free=self.device_free)
         if check is None:
             return
         info = probe(job.path)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import mmap
 import os
 import sys
 import threading
@@ -25,10 +27,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
+
 from ..trackers.base import Tracker
+from ..video import Clip
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +51,8 @@ class Job:
 class Outcome:
     """What became of a job: ``status`` is "done", "failed" (``error`` says why) or
     "skipped" (claimed by another run); ``seconds`` times each stage; ``worker`` is the pid
-    of the process that tracked it; ``times`` when tracking ran."""
+    of the process that tracked it, ``loader`` of the one that decoded it; ``times`` when
+    tracking ran."""
 
     job: Job
     status: str
@@ -55,6 +62,7 @@ class Outcome:
     #: Wall-clock (``time.time()``) start and end of tracking, where the runner knows them:
     #: ``{"track": (start, end)}``; a benchmark reads the tracker's idle gaps from them.
     times: dict[str, tuple[float, float]] = field(default_factory=dict)
+    loader: int | None = None
 
 
 class Work(Protocol):
@@ -108,8 +116,9 @@ class _Run:
             self.on_outcome(outcome)
 
     def done(self, job: Job, seconds: dict[str, float], worker: int | None = None,
-             times: dict | None = None) -> None:
-        self.report(Outcome(job, "done", seconds=seconds, worker=worker, times=times or {}))
+             times: dict | None = None, loader: int | None = None) -> None:
+        self.report(Outcome(job, "done", seconds=seconds, worker=worker, times=times or {},
+                            loader=loader))
 
     def failed(self, job: Job, e: BaseException | str, worker: int | None = None) -> None:
         if isinstance(e, RunAborted):
@@ -143,7 +152,8 @@ def run_sequential(
         except Exception as e:  # noqa: BLE001 -- any failure is recorded and the run goes on
             run.failed(job, e, os.getpid())
             continue
-        run.done(job, {"load": t_load, "track": t_track, "store": t_store}, os.getpid())
+        run.done(job, {"load": t_load, "track": t_track, "store": t_store}, os.getpid(),
+                 loader=os.getpid())
     return run.outcomes
 
 
@@ -157,6 +167,16 @@ def default_store_processes(tracker: Tracker) -> int:
     if device is None or getattr(device, "type", str(device)) == "cpu":
         return 0
     return max(1, min(4, (os.cpu_count() or 2) // 4))
+
+
+def default_loader_processes(tracker: Tracker) -> bool:
+    """Decode in processes (`run_local`) where stores go to processes: on an accelerator. A
+    decoding thread in the tracking process holds the GIL between its frames, and each time
+    the tracking thread gives the GIL up (to wait for the GPU, to copy) it waits for its turn
+    again: three decoding threads made a loop of offline CoTracker3 calls 5x slower on an
+    H200, three decoding processes 6% (`benchmarks/NOTES.md`, session 7). Linux only: frames
+    come back through ``/dev/shm``."""
+    return sys.platform == "linux" and default_store_processes(tracker) > 0
 
 
 def _lower_priority() -> None:
@@ -180,17 +200,32 @@ def _store_pool(processes: int, work: Work) -> Executor:
     if processes == 0:
         return ThreadPoolExecutor(1, thread_name_prefix="pointtrack-store",
                                   initializer=_lower_priority)
+    return _process_pool(processes, work)[0]
+
+
+def _process_pool(processes: int, work: Work) -> tuple[ProcessPoolExecutor, list[Future]]:
+    """``processes`` spawned helper processes (stores, decoding), started now; also the
+    futures of their start-up."""
     import multiprocessing
 
     # spawn, not fork: the tracking process holds CUDA and database connections.
     pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_store_process_started)
+                               initializer=_helper_process_started)
+    started: list[Future] = []
+
     # Start every process now, each unpickling the work (importing what a store needs: a few
-    # seconds), while the first videos decode and track, not when their stores are due.
+    # seconds), while the first videos decode and track, not when their stores are due. From
+    # a thread of lower priority: a new process inherits its parent thread's nice value, so
+    # their imports already yield the cores to the first decodes and kernel launches.
+    def start() -> None:
+        _lower_priority()
+        started.extend(pool.submit(_ready, work) for _ in range(processes))
+
     with _script_not_rerun():
-        for _ in range(processes):
-            pool.submit(_ready, work)
-    return pool
+        starter = threading.Thread(target=start, name="pointtrack-helpers-start")
+        starter.start()
+        starter.join()
+    return pool, started
 
 
 @contextlib.contextmanager
@@ -211,10 +246,10 @@ def _script_not_rerun() -> Iterator[None]:
             setattr(main, k, v)
 
 
-def _store_process_started() -> None:
-    """A store process's set-up: a lower priority, and an end if its run's process dies (a
-    pool's process waits for work on a queue whose other end its siblings also hold, so it
-    would never see the run's process go)."""
+def _helper_process_started() -> None:
+    """A store or decoding process's set-up: a lower priority, and an end if its run's
+    process dies (a pool's process waits for work on a queue whose other end its siblings
+    also hold, so it would never see the run's process go)."""
     _lower_priority()
     run_process = os.getppid()
 
@@ -226,19 +261,106 @@ def _store_process_started() -> None:
     threading.Thread(target=watch, name="pointtrack-orphan-watch", daemon=True).start()
 
 
+@contextlib.contextmanager
+def _stores_ended(pool: Executor, aborted: list) -> Iterator[Executor]:
+    """``pool`` until the ``with`` block ends. After a run that stored everything, the run
+    returns without waiting for the store processes to exit (about a second for four on
+    two cores): they end on their own, and each also ends if this process dies
+    (`_helper_process_started`)."""
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=True)
+        raise
+    pool.shutdown(wait=bool(aborted))
+
+
 def _ready(work: Work) -> None:
     """A store process's first task: unpickling ``work`` was the point."""
 
 
-_SKIPPED = object()  # a load task's result when another run holds the job
+class _Skipped:
+    """A load task's result when another run holds the job (one object, also when it comes
+    back from a decoding process)."""
+
+    def __reduce__(self) -> str:
+        return "_SKIPPED"
+
+
+_SKIPPED = _Skipped()
 
 
 def _claimed_load(work: Work, job: Job) -> Any:
-    """Claim ``job`` and decode it (on a loader thread: the claim's database round trips stay
-    off the tracking thread); `_SKIPPED` if another run holds it."""
+    """Claim ``job`` and decode it (on a loader: the claim's database round trips stay off
+    the tracking thread): the loaded job, seconds, this process's pid; `_SKIPPED` if another
+    run holds it."""
     if not work.claim(job):
         return _SKIPPED
-    return _timed(work.load, job)
+    return (*_timed(work.load, job), os.getpid())
+
+
+def _claimed_load_shared(work: Work, job: Job) -> Any:
+    """`_claimed_load` in a decoding process: decoded clips go back through shared memory
+    (a pipe would copy and unpickle ~70 MB per 480p clip, holding the tracking process's
+    GIL)."""
+    out = _claimed_load(work, job)
+    if out is _SKIPPED:
+        return out
+    loaded, seconds, loader = out
+    if isinstance(loaded, tuple):
+        loaded = tuple(_SharedClip.of(x) if isinstance(x, Clip) else x for x in loaded)
+    return loaded, seconds, loader
+
+
+@dataclass
+class _SharedClip:
+    """A `Clip` whose frames wait in a POSIX shared-memory block made by a decoding process."""
+
+    name: str
+    shape: tuple
+    dtype: str
+    frame_numbers: np.ndarray
+    fps: float
+    source_size: tuple[int, int]
+    path: str | None
+
+    @classmethod
+    def of(cls, clip: Clip) -> _SharedClip:
+        from multiprocessing.shared_memory import SharedMemory
+
+        frames = np.ascontiguousarray(clip.frames)
+        # Registered with the run's resource tracker (spawned processes share it): should
+        # the run die before it takes the block, the tracker removes it.
+        block = SharedMemory(create=True, size=max(frames.nbytes, 1))
+        try:
+            np.ndarray(frames.shape, frames.dtype, buffer=block.buf)[...] = frames
+        finally:
+            block.close()
+        return cls(block.name, frames.shape, frames.dtype.str, clip.frame_numbers, clip.fps,
+                   clip.source_size, clip.path)
+
+    def clip(self) -> Clip:
+        """The clip, its frames mapped here (not copied). The block's name goes at once, so
+        its memory goes with the last reference to the frames."""
+        from multiprocessing import resource_tracker
+
+        path = f"/dev/shm/{self.name.lstrip('/')}"
+        fd = os.open(path, os.O_RDWR)
+        try:
+            mapped = mmap.mmap(fd, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+            os.unlink(path)
+            resource_tracker.unregister("/" + self.name.lstrip("/"), "shared_memory")
+        frames = np.frombuffer(mapped, np.dtype(self.dtype), count=math.prod(self.shape))
+        return Clip(frames.reshape(self.shape), self.frame_numbers, self.fps, self.source_size,
+                    self.path)
+
+
+def _unshared(loaded: Any) -> Any:
+    if isinstance(loaded, tuple):
+        return tuple(x.clip() if isinstance(x, _SharedClip) else x for x in loaded)
+    return loaded
 
 
 def run_local(
@@ -249,15 +371,20 @@ def run_local(
     loaders: int = 2,
     prefetch: int = 2,
     store_processes: int | None = None,
+    loader_processes: bool | None = None,
     processes: int = 1,
     keep_processes: bool = False,
     on_outcome: OnOutcome | None = None,
 ) -> list[Outcome]:
-    """The three stages at once: ``loaders`` threads decode ahead of the tracker (PyAV
-    releases the GIL while decoding), at most ``loaders + prefetch`` loaded videos wait in
-    memory; this thread tracks; stores run behind on a thread (``store_processes=0``) or in
-    that many spawned processes (default: `default_store_processes`), with at most eight per
-    store worker waiting. Results are identical to `run_sequential`.
+    """The three stages at once: ``loaders`` decode ahead of the tracker, at most
+    ``loaders + prefetch`` loaded videos wait in memory; this thread tracks; stores run
+    behind on a thread (``store_processes=0``) or in that many spawned processes (default:
+    `default_store_processes`), with at most eight per store worker waiting. Results are
+    identical to `run_sequential`.
+
+    The loaders are spawned processes with ``loader_processes`` (default:
+    `default_loader_processes`), which hand decoded frames over in shared memory, else
+    threads. While the processes start, and should one die, loads run on threads.
 
     ``processes > 1`` adds ``processes - 1`` tracking processes (`pointtrack.runners.processes`),
     each with a copy of the tracker and a pipeline of its own, sharing the jobs with this one
@@ -274,7 +401,10 @@ def run_local(
         store_processes = default_store_processes(trackers[0])
         if processes > 1 and store_processes:
             store_processes = max(1, store_processes // processes)
-    options = {"loaders": loaders, "prefetch": prefetch, "store_processes": store_processes}
+    if loader_processes is None:
+        loader_processes = default_loader_processes(trackers[0])
+    options = {"loaders": loaders, "prefetch": prefetch, "store_processes": store_processes,
+               "loader_processes": bool(loader_processes)}
     if processes <= 1:
         _pipeline(iter(jobs), work, trackers, run, **options)
         return run.outcomes
@@ -304,31 +434,60 @@ def _pipeline(
     loaders: int,
     prefetch: int,
     store_processes: int,
+    loader_processes: bool = False,
 ) -> None:
-    """`run_local` in this process: ``todo``'s jobs through loader threads, ``trackers``
-    (one thread each) and the store pool, outcomes to ``run``."""
+    """`run_local` in this process: ``todo``'s jobs through the loaders, ``trackers`` (one
+    thread each) and the store pool, outcomes to ``run``."""
     # Results are small next to decoded clips; room for many keeps the tracker going while
     # the store processes start.
     waiting_stores = 8 * max(store_processes, 1)
     lock = threading.Lock()  # guards the queues, the claims and the outcome bookkeeping
     aborted: list[BaseException] = []
     pid = os.getpid()
-    with ThreadPoolExecutor(loaders, thread_name_prefix="pointtrack-load",
-                            initializer=_lower_priority) as load_pool, \
-            _store_pool(store_processes, work) as store_pool:
+    with contextlib.ExitStack() as pools:
+        load_pool = pools.enter_context(ThreadPoolExecutor(
+            loaders, thread_name_prefix="pointtrack-load", initializer=_lower_priority))
+        decoders: list = []  # the decoding processes' pool and its start-up, while sound
+        if loader_processes:
+            # The memory check travels with the work: a decoding process has no model.
+            detached = getattr(work, "detached", None)
+            decode_work = detached(trackers[0]) if detached is not None else work
+            decoders.extend(_process_pool(loaders, decode_work))
+            pools.callback(decoders[0].shutdown, wait=False, cancel_futures=True)
+        store_pool = pools.enter_context(
+            _stores_ended(_store_pool(store_processes, work), aborted))
         loads: deque[tuple[Job, Future]] = deque()
-        stores: deque[tuple[Job, dict, Future, dict]] = deque()  # job, seconds, store, times
+        # job, seconds, store, times, loader
+        stores: deque[tuple[Job, dict, Future, dict, int]] = deque()
 
         def load_next() -> None:
             job = next(todo, None)
-            if job is not None:
+            if job is None:
+                return
+            if decoders and all(f.done() for f in decoders[1]):  # the processes are up
+                loads.append((job, decoders[0].submit(_claimed_load_shared, decode_work, job)))
+            else:
                 loads.append((job, load_pool.submit(_claimed_load, work, job)))
+
+        def loaded_of(job: Job, future: Future) -> Any:
+            try:
+                return _unshared_load(future.result())
+            except BrokenProcessPool:  # a decoding process died: decode here from now on
+                with lock:
+                    decoders.clear()
+            except Exception as e:  # noqa: BLE001 -- the claim or the decoding
+                return e
+            try:
+                return _claimed_load(work, job)
+            except Exception as e:  # noqa: BLE001
+                return e
 
         def next_loaded() -> tuple[Job, Future] | None:
             with lock:
                 return loads.popleft() if loads and not aborted else None
 
-        def finish_store(job: Job, seconds: dict, future: Future, times: dict) -> None:
+        def finish_store(job: Job, seconds: dict, future: Future, times: dict,
+                         loader: int) -> None:
             try:
                 seconds["store"] = future.result()
             except Exception as e:  # noqa: BLE001
@@ -336,7 +495,7 @@ def _pipeline(
                     run.failed(job, e, pid)
                 return
             with lock:
-                run.done(job, seconds, pid, times)
+                run.done(job, seconds, pid, times, loader)
 
         def finish_stores(keep: int) -> None:
             while True:
@@ -350,10 +509,7 @@ def _pipeline(
             try:
                 while (item := next_loaded()) is not None:
                     job, future = item
-                    try:
-                        claimed = future.result()
-                    except Exception as e:  # noqa: BLE001 -- the claim or the decoding
-                        claimed = e
+                    claimed = loaded_of(job, future)
                     with lock:
                         load_next()  # decoding of the next job overlaps this tracking
                         if claimed is _SKIPPED:
@@ -362,7 +518,7 @@ def _pipeline(
                         if isinstance(claimed, Exception):
                             run.failed(job, claimed, pid)
                             continue
-                    loaded, t_load = claimed
+                    loaded, t_load, loader = claimed
                     try:
                         started = time.time()
                         result, t_track = _timed(work.track, tracker, job, loaded)
@@ -376,7 +532,7 @@ def _pipeline(
                     del result
                     with lock:
                         stores.append((job, {"load": t_load, "track": t_track}, stored,
-                                       {"track": (started, started + t_track)}))
+                                       {"track": (started, started + t_track)}, loader))
                     finish_stores(waiting_stores)
             except BaseException as e:  # noqa: BLE001 -- RunAborted: every thread stops
                 with lock:
@@ -394,8 +550,20 @@ def _pipeline(
             thread.join()
         if not aborted:
             finish_stores(0)
+        else:  # decoded clips nobody will track: free their shared memory
+            for _, future in loads:
+                with contextlib.suppress(Exception):
+                    _unshared_load(future.result())
     if aborted:
         raise aborted[0]
+
+
+def _unshared_load(out: Any) -> Any:
+    """A load task's result with its clips mapped in this process."""
+    if out is _SKIPPED:
+        return out
+    loaded, seconds, loader = out
+    return _unshared(loaded), seconds, loader
 
 
 __all__ = [
@@ -404,6 +572,7 @@ __all__ = [
     "Outcome",
     "RunAborted",
     "Work",
+    "default_loader_processes",
     "default_store_processes",
     "error_message",
     "run_local",
