@@ -381,7 +381,11 @@ def main() -> None:
 
                     loaders: list = []
 
-                    def add(outcome, stages=stages, spans=spans, loaders=loaders) -> None:
+                    reported: list = []  # when each outcome reached this process
+
+                    def add(outcome, stages=stages, spans=spans, loaders=loaders,
+                            reported=reported) -> None:
+                        reported.append(time.time())
                         loaders.append(outcome.loader)
                         for stage, s in outcome.seconds.items():
                             stages[stage] = stages.get(stage, 0.0) + s
@@ -395,9 +399,16 @@ def main() -> None:
                     # Summed over videos: track close to the row's time means the tracking
                     # loop is the bound; load and store run beside it.
                     entry["stage_s"] = stages
-                    entry["tracker_idle_s"] = idle_timeline(spans, row_start, time.time())
+                    returned = time.time()
+                    entry["tracker_idle_s"] = idle_timeline(spans, row_start, returned)
+                    if spans and reported:
+                        # The tail: the last stores, then the run's own ending.
+                        last_track = max(end for times in spans.values() for _, end in times)
+                        entry["tail_s"] = {"last_track_to_last_outcome": max(reported) - last_track,
+                                           "last_outcome_to_return": returned - max(reported)}
                     entry["decoded_in_other_processes"] = sum(
-                        1 for pid in loaders if pid is not None and pid not in spans)
+                        1 for pid in loaders
+                        if pid is not None and pid != os.getpid() and pid not in spans)
                     assert len(summary.done) == n, summary
                 seconds = time.perf_counter() - t
             keypoints = len(ds.limit(n).values("frames.tracks.keypoints.id", unwind=True))

@@ -493,7 +493,7 @@ def test_clip_too_long_for_memory_is_refused_before_decoding(dataset, monkeypatc
 
     decoded = []
     real = pointtrack.video.read_clip
-    monkeypatch.setattr("pointtrack.fiftyone.run.read_clip",
+    monkeypatch.setattr("pointtrack.fiftyone.run.read_clip_offloaded",
                         lambda *a, **k: decoded.append(a) or real(*a, **k))
     monkeypatch.setenv("POINTTRACK_MEMORY_LIMIT", "1K")
     for backend in ("local", "sequential"):
@@ -517,7 +517,7 @@ def test_long_clips_stream_into_engines_that_stream(dataset, monkeypatch):
     assert len(whole.done) == NUM_VIDEOS
     decoded = []
     real = pointtrack.video.read_clip
-    monkeypatch.setattr("pointtrack.fiftyone.run.read_clip",
+    monkeypatch.setattr("pointtrack.fiftyone.run.read_clip_offloaded",
                         lambda *a, **k: decoded.append(a) or real(*a, **k))
     monkeypatch.setattr("pointtrack.fiftyone.run.STREAM_OVER_BYTES", 0)
     monkeypatch.setattr("pointtrack.trackers.base.STREAM_BATCH_FRAMES", 3)
@@ -547,7 +547,8 @@ def test_long_clip_streams_into_online_cotracker(dataset, monkeypatch):
     ptf.track_dataset(one, online, "whole", queries=queries, backend="sequential", progress=False)
     monkeypatch.setattr("pointtrack.fiftyone.run.STREAM_OVER_BYTES", 0)
     monkeypatch.setattr("pointtrack.trackers.base.STREAM_BATCH_FRAMES", 5)
-    monkeypatch.setattr("pointtrack.fiftyone.run.read_clip", None)  # any whole decode fails
+    # Any whole decode fails.
+    monkeypatch.setattr("pointtrack.fiftyone.run.read_clip_offloaded", None)
     summary = ptf.track_dataset(one, online, "streamed", queries=queries, backend="sequential",
                                 progress=False)
     assert len(summary.done) == 1, summary

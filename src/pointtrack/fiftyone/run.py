@@ -9,7 +9,6 @@ and build its prompt, track it, write its labels (`labels`), or record why it fa
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import logging
 import re
@@ -23,7 +22,7 @@ import fiftyone.core.media as fom
 import numpy as np
 from fiftyone.core.clips import ClipsView
 
-from ..runners import Job, Outcome, RunAborted, run_local, run_sequential
+from ..runners import Job, Outcome, RunAborted, read_clip_offloaded, run_local, run_sequential
 from ..trackers.base import PromptError, Tracker, feed_and_finish, stream_batch
 from ..video import (
     VideoError,
@@ -31,7 +30,6 @@ from ..video import (
     count_kept,
     iter_frames,
     probe,
-    read_clip,
     sample_indices,
     sampled_fps,
 )
@@ -123,18 +121,9 @@ class SampleWork:
     #: they are tracked (`STREAM_OVER_BYTES`). ``stream_late_queries``: see `Tracker`.
     streams: bool = False
     stream_late_queries: bool = True
-    #: The tracker's free device memory, measured in its process, for `estimator`'s check
-    #: in a process that decodes for it on the same machine (`detached`).
-    device_free: int | None = None
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "memory_check": None}
-
-    def detached(self, tracker: Tracker) -> SampleWork:
-        """This work for processes that decode for ``tracker`` on this machine: the memory
-        check travels as the tracker's estimator, with its device's free memory now."""
-        return dataclasses.replace(self, memory_check=None, estimator=tracker.estimator(),
-                                   device_free=tracker.device_memory_free())
 
     def dataset(self) -> fo.Dataset:
         # One object per process (FiftyOne caches it). Loader threads claim at once, and
@@ -167,7 +156,7 @@ class SampleWork:
             frame_numbers, source_size = streamed.frame_numbers, streamed.info.size
         else:
             self._check_memory(job)
-            clip = read_clip(job.path, size=self.input_size, **self.sampling)
+            clip = read_clip_offloaded(job.path, size=self.input_size, **self.sampling)
             frame_numbers, source_size = clip.frame_numbers, clip.source_size
         row = _prompt_row(frame_numbers, self.prompt_frame)
         queries, sources = self.queries, None
@@ -182,7 +171,7 @@ class SampleWork:
             starts = [row] if queries is None else queries[:, 0]
             if any(t != 0 for t in starts):  # a forward-only stream would start them late
                 self._check_memory(job)
-                streamed, clip = None, read_clip(job.path, size=self.input_size,
+                streamed, clip = None, read_clip_offloaded(job.path, size=self.input_size,
                                                  **self.sampling)
         return (clip if streamed is None else streamed), row, queries, sources
 
@@ -205,10 +194,8 @@ class SampleWork:
         """A `PromptError` with advice when ``job``'s clip would not fit in memory
         (``held_frames``: a streamed clip holds that many frames at a time)."""
         check = self.memory_check
-        if check is None and self.estimator is not None:  # decoding in another process
-            check = functools.partial(self.estimator.check_memory,
-                                      on_device=self.device_free is not None,
-                                      device_free=self.device_free)
+        if check is None and self.estimator is not None:
+            check = functools.partial(self.estimator.check_memory, on_device=False)
         if check is None:
             return
         info = probe(job.path)

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..trackers.base import Tracker
-from ..video import Clip
+from ..video import Clip, read_clip
 
 logger = logging.getLogger(__name__)
 
@@ -170,12 +170,9 @@ def default_store_processes(tracker: Tracker) -> int:
 
 
 def default_loader_processes(tracker: Tracker) -> bool:
-    """Decode in processes (`run_local`) where stores go to processes: on an accelerator. A
-    decoding thread in the tracking process holds the GIL between its frames, and each time
-    the tracking thread gives the GIL up (to wait for the GPU, to copy) it waits for its turn
-    again: three decoding threads made a loop of offline CoTracker3 calls 5x slower on an
-    H200, three decoding processes 6% (`benchmarks/NOTES.md`, session 7). Linux only: frames
-    come back through ``/dev/shm``."""
+    """Decode in processes (`read_clip_offloaded`) where stores go to processes: on an
+    accelerator, where the tracking thread's GIL matters. Linux only: frames come back
+    through ``/dev/shm``."""
     return sys.platform == "linux" and default_store_processes(tracker) > 0
 
 
@@ -203,7 +200,7 @@ def _store_pool(processes: int, work: Work) -> Executor:
     return _process_pool(processes, work)[0]
 
 
-def _process_pool(processes: int, work: Work) -> tuple[ProcessPoolExecutor, list[Future]]:
+def _process_pool(processes: int, work: Work | None) -> tuple[ProcessPoolExecutor, list[Future]]:
     """``processes`` spawned helper processes (stores, decoding), started now; also the
     futures of their start-up."""
     import multiprocessing
@@ -275,46 +272,71 @@ def _stores_ended(pool: Executor, aborted: list) -> Iterator[Executor]:
     pool.shutdown(wait=bool(aborted))
 
 
-def _ready(work: Work) -> None:
+def _ready(work: Work | None) -> None:
     """A store process's first task: unpickling ``work`` was the point."""
 
 
-class _Skipped:
-    """A load task's result when another run holds the job (one object, also when it comes
-    back from a decoding process)."""
-
-    def __reduce__(self) -> str:
-        return "_SKIPPED"
-
-
-_SKIPPED = _Skipped()
+_SKIPPED = object()  # a load task's result when another run holds the job
 
 
 def _claimed_load(work: Work, job: Job) -> Any:
-    """Claim ``job`` and decode it (on a loader: the claim's database round trips stay off
-    the tracking thread): the loaded job, seconds, this process's pid; `_SKIPPED` if another
-    run holds it."""
+    """Claim ``job`` and load it (on a loader thread: the claim's database round trips stay
+    off the tracking thread): the loaded job, seconds, and the pid of the process that
+    decoded it; `_SKIPPED` if another run holds it."""
     if not work.claim(job):
         return _SKIPPED
-    return (*_timed(work.load, job), os.getpid())
+    _loader.decoded_by = None
+    loaded, seconds = _timed(work.load, job)
+    return loaded, seconds, getattr(_loader, "decoded_by", None) or os.getpid()
 
 
-def _claimed_load_shared(work: Work, job: Job) -> Any:
-    """`_claimed_load` in a decoding process: decoded clips go back through shared memory
-    (a pipe would copy and unpickle ~70 MB per 480p clip, holding the tracking process's
-    GIL)."""
-    out = _claimed_load(work, job)
-    if out is _SKIPPED:
-        return out
-    loaded, seconds, loader = out
-    if isinstance(loaded, tuple):
-        loaded = tuple(_SharedClip.of(x) if isinstance(x, Clip) else x for x in loaded)
-    return loaded, seconds, loader
+_loader = threading.local()  # a loader thread's decoding processes (`read_clip_offloaded`)
+
+
+class _Decoders:
+    """`run_local`'s decoding processes: light (PyAV and NumPy, no FiftyOne, no model), one
+    per loader thread, whose decoded frames come back in shared memory."""
+
+    def __init__(self, processes: int) -> None:
+        self.pool, self.started = _process_pool(processes, None)
+        self.broken = False
+
+    def up(self) -> bool:
+        return not self.broken and any(f.done() for f in self.started)
+
+
+def _loader_started(decoders: _Decoders | None) -> None:
+    _lower_priority()
+    _loader.decoders = decoders
+
+
+def read_clip_offloaded(path: str | os.PathLike, **kwargs: Any) -> Clip:
+    """`pointtrack.video.read_clip`, run in a decoding process of `run_local` when called on
+    one of its loader threads that has them (else here). A thread decoding in the tracking
+    process holds its GIL between frames, and every time the tracking thread gives the GIL
+    up (waiting for the GPU, copying) it waits for its turn again: three decoding threads
+    made a loop of offline CoTracker3 calls 5x slower on an H200, three decoding processes
+    6% (`benchmarks/NOTES.md`, session 7)."""
+    decoders: _Decoders | None = getattr(_loader, "decoders", None)
+    if decoders is not None and decoders.up():
+        try:
+            shared = decoders.pool.submit(_read_shared, os.fspath(path), kwargs).result()
+        except BrokenProcessPool:  # a decoding process died: decode here from now on
+            decoders.broken = True
+        else:
+            _loader.decoded_by = shared.pid
+            return shared.clip()
+    return read_clip(path, **kwargs)
+
+
+def _read_shared(path: str, kwargs: dict) -> _SharedClip:
+    return _SharedClip.of(read_clip(path, **kwargs))
 
 
 @dataclass
 class _SharedClip:
-    """A `Clip` whose frames wait in a POSIX shared-memory block made by a decoding process."""
+    """A `Clip` whose frames wait in a POSIX shared-memory block made by a decoding process
+    (a pipe would copy and unpickle ~70 MB per 480p clip, holding the GIL)."""
 
     name: str
     shape: tuple
@@ -323,6 +345,7 @@ class _SharedClip:
     fps: float
     source_size: tuple[int, int]
     path: str | None
+    pid: int
 
     @classmethod
     def of(cls, clip: Clip) -> _SharedClip:
@@ -337,7 +360,7 @@ class _SharedClip:
         finally:
             block.close()
         return cls(block.name, frames.shape, frames.dtype.str, clip.frame_numbers, clip.fps,
-                   clip.source_size, clip.path)
+                   clip.source_size, clip.path, os.getpid())
 
     def clip(self) -> Clip:
         """The clip, its frames mapped here (not copied). The block's name goes at once, so
@@ -355,12 +378,6 @@ class _SharedClip:
         frames = np.frombuffer(mapped, np.dtype(self.dtype), count=math.prod(self.shape))
         return Clip(frames.reshape(self.shape), self.frame_numbers, self.fps, self.source_size,
                     self.path)
-
-
-def _unshared(loaded: Any) -> Any:
-    if isinstance(loaded, tuple):
-        return tuple(x.clip() if isinstance(x, _SharedClip) else x for x in loaded)
-    return loaded
 
 
 def run_local(
@@ -382,9 +399,9 @@ def run_local(
     `default_store_processes`), with at most eight per store worker waiting. Results are
     identical to `run_sequential`.
 
-    The loaders are spawned processes with ``loader_processes`` (default:
-    `default_loader_processes`), which hand decoded frames over in shared memory, else
-    threads. While the processes start, and should one die, loads run on threads.
+    Loaders are threads (claims, prompts); with ``loader_processes`` (default:
+    `default_loader_processes`) each has a spawned process that decodes for it
+    (`read_clip_offloaded`). While those start, and should one die, the threads decode.
 
     ``processes > 1`` adds ``processes - 1`` tracking processes (`pointtrack.runners.processes`),
     each with a copy of the tracker and a pipeline of its own, sharing the jobs with this one
@@ -445,15 +462,12 @@ def _pipeline(
     aborted: list[BaseException] = []
     pid = os.getpid()
     with contextlib.ExitStack() as pools:
+        decoders = _Decoders(loaders) if loader_processes else None
+        if decoders is not None:
+            pools.callback(decoders.pool.shutdown, wait=False, cancel_futures=True)
         load_pool = pools.enter_context(ThreadPoolExecutor(
-            loaders, thread_name_prefix="pointtrack-load", initializer=_lower_priority))
-        decoders: list = []  # the decoding processes' pool and its start-up, while sound
-        if loader_processes:
-            # The memory check travels with the work: a decoding process has no model.
-            detached = getattr(work, "detached", None)
-            decode_work = detached(trackers[0]) if detached is not None else work
-            decoders.extend(_process_pool(loaders, decode_work))
-            pools.callback(decoders[0].shutdown, wait=False, cancel_futures=True)
+            loaders, thread_name_prefix="pointtrack-load", initializer=_loader_started,
+            initargs=(decoders,)))
         store_pool = pools.enter_context(
             _stores_ended(_store_pool(store_processes, work), aborted))
         loads: deque[tuple[Job, Future]] = deque()
@@ -462,25 +476,8 @@ def _pipeline(
 
         def load_next() -> None:
             job = next(todo, None)
-            if job is None:
-                return
-            if decoders and all(f.done() for f in decoders[1]):  # the processes are up
-                loads.append((job, decoders[0].submit(_claimed_load_shared, decode_work, job)))
-            else:
+            if job is not None:
                 loads.append((job, load_pool.submit(_claimed_load, work, job)))
-
-        def loaded_of(job: Job, future: Future) -> Any:
-            try:
-                return _unshared_load(future.result())
-            except BrokenProcessPool:  # a decoding process died: decode here from now on
-                with lock:
-                    decoders.clear()
-            except Exception as e:  # noqa: BLE001 -- the claim or the decoding
-                return e
-            try:
-                return _claimed_load(work, job)
-            except Exception as e:  # noqa: BLE001
-                return e
 
         def next_loaded() -> tuple[Job, Future] | None:
             with lock:
@@ -509,7 +506,10 @@ def _pipeline(
             try:
                 while (item := next_loaded()) is not None:
                     job, future = item
-                    claimed = loaded_of(job, future)
+                    try:
+                        claimed = future.result()
+                    except Exception as e:  # noqa: BLE001 -- the claim or the decoding
+                        claimed = e
                     with lock:
                         load_next()  # decoding of the next job overlaps this tracking
                         if claimed is _SKIPPED:
@@ -550,20 +550,8 @@ def _pipeline(
             thread.join()
         if not aborted:
             finish_stores(0)
-        else:  # decoded clips nobody will track: free their shared memory
-            for _, future in loads:
-                with contextlib.suppress(Exception):
-                    _unshared_load(future.result())
     if aborted:
         raise aborted[0]
-
-
-def _unshared_load(out: Any) -> Any:
-    """A load task's result with its clips mapped in this process."""
-    if out is _SKIPPED:
-        return out
-    loaded, seconds, loader = out
-    return _unshared(loaded), seconds, loader
 
 
 __all__ = [
@@ -575,6 +563,7 @@ __all__ = [
     "default_loader_processes",
     "default_store_processes",
     "error_message",
+    "read_clip_offloaded",
     "run_local",
     "run_sequential",
 ]

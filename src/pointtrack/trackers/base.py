@@ -256,21 +256,20 @@ class Tracker(ABC):
 
     def check_memory(self, num_frames: int, source_size: tuple[int, int], num_points: int,
                      what: str = "the clip", held_frames: int | None = None,
-                     on_device: bool = True, device_free: int | None = None) -> None:
+                     on_device: bool = True) -> None:
         """`PromptError` before anything is decoded when tracking ``num_frames`` frames would
         not fit in memory; the message says how to track fewer frames at once.
         ``held_frames`` as in `memory_estimate` (a streamed run). ``on_device``: check the
-        accelerator's memory too (False in a process that decodes for a tracker elsewhere),
-        against ``device_free`` bytes if given (`device_memory_free` measured by the
-        tracker's process), else asking the device."""
+        accelerator's memory too (False in a process that decodes for a tracker elsewhere)."""
         need = self.memory_estimate(num_frames, source_size, num_points, held_frames)
         have = available_memory()
         where = "memory"
         device_need = self.device_memory_estimate(num_frames, num_points) if on_device else 0
         if need <= have and device_need:
-            if device_free is None:
-                device_free = self.device_memory_free()
-            need, have, where = device_need, int(device_free or 0), "GPU memory"
+            import torch
+
+            free, _ = torch.cuda.mem_get_info(self.device)
+            need, have, where = device_need, int(free), "GPU memory"
         if need <= have:
             return
         advice = "track fewer frames (--fps, --every, --max-frames, --start/--end)"
@@ -280,17 +279,6 @@ class Tracker(ABC):
             f"{what}: {num_frames} frames with {self.name} need about {_gib(need)} of {where}, "
             f"{_gib(have)} available; {advice}"
         )
-
-    def device_memory_free(self) -> int | None:
-        """Bytes the tracker could use on its accelerator now (free, plus what PyTorch holds
-        cached but unused); None on CPU."""
-        device = getattr(self, "device", None)
-        if device is None or getattr(device, "type", str(device)) != "cuda":
-            return None
-        import torch
-
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
 
     def estimator(self) -> Tracker:
         """A copy of this tracker for `check_memory` in another process (a Ray worker that
