@@ -44,7 +44,9 @@ CPU dry run (tiny): ``--device cpu --precision fp32 --videos 3 --frames 8,12 --s
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -124,6 +126,46 @@ class GpuMonitor:
     @property
     def busy(self) -> float | None:
         return float(np.mean(self.samples)) / 100 if self.samples else None
+
+
+class Phases(logging.Handler):
+    """The run's own phase marks (pointtrack's debug records) and Python's garbage-collection
+    pauses, while a row runs."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.marks: list = []
+        self.gc_s = {0: 0.0, 1: 0.0, 2: 0.0}
+        self._gc_start = 0.0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith(("run ", "pipeline:")):
+            self.marks.append((record.created, message))
+
+    def _gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        else:
+            self.gc_s[info["generation"]] += time.perf_counter() - self._gc_start
+
+    def __enter__(self) -> Phases:
+        log = logging.getLogger("pointtrack")
+        self._level = log.level
+        log.setLevel(logging.DEBUG)
+        log.addHandler(self)
+        gc.callbacks.append(self._gc)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        log = logging.getLogger("pointtrack")
+        log.removeHandler(self)
+        log.setLevel(self._level)
+        gc.callbacks.remove(self._gc)
+
+    def report(self, start: float) -> dict:
+        return {"marks_s": [(round(t - start, 4), m) for t, m in self.marks],
+                "gc_pause_s": {f"gen{g}": s for g, s in self.gc_s.items()}}
 
 
 def idle_timeline(spans: dict, start: float, end: float) -> dict:
@@ -392,14 +434,16 @@ def main() -> None:
                         if "track" in outcome.times:
                             spans.setdefault(outcome.worker, []).append(outcome.times["track"])
 
-                    summary = ptf.track_dataset(ds, engines, "tracks", grid_size=args.grid,
-                                                backend=backend, ray_address=address,
-                                                runner_options=options, progress=False,
-                                                on_outcome=add)
-                    # Summed over videos: track close to the row's time means the tracking
-                    # loop is the bound; load and store run beside it.
-                    entry["stage_s"] = stages
+                    with Phases() as phases:
+                        summary = ptf.track_dataset(ds, engines, "tracks", grid_size=args.grid,
+                                                    backend=backend, ray_address=address,
+                                                    runner_options=options, progress=False,
+                                                    on_outcome=add)
+                        # Summed over videos: track close to the row's time means the tracking
+                        # loop is the bound; load and store run beside it.
+                        entry["stage_s"] = stages
                     returned = time.time()
+                    entry["phases"] = phases.report(row_start)
                     entry["tracker_idle_s"] = idle_timeline(spans, row_start, returned)
                     if spans and reported:
                         # The tail: the last stores, then the run's own ending.

@@ -331,7 +331,9 @@ def track_dataset(
     prompt_name = check_prompt_field(dataset, prompt_field) if prompt_field else None
     if prompt_name is not None and queries is not None:
         raise PromptError("give either queries or a prompt field, not both")
+    logger.debug("run %s: checked", label_field)
     prepare_fields(dataset, label_field)
+    logger.debug("run %s: fields declared", label_field)
 
     settings = {
         "label_field": label_field,
@@ -398,6 +400,8 @@ def track_dataset(
             on_outcome(outcome)
 
     options = dict(runner_options or {})
+    # Debug records mark the run's phases (`benchmarks/dataset_throughput.py` times them).
+    logger.debug("run %s: %d jobs listed", label_field, len(jobs))
     try:
         with Heartbeat(work.claims):
             if backend == "sequential":
@@ -408,12 +412,15 @@ def track_dataset(
                 from ..runners.ray import run_ray
 
                 run_ray(jobs, work, first, address=ray_address, on_outcome=record, **options)
+            logger.debug("run %s: runner returned", label_field)
+        logger.debug("run %s: claims released", label_field)
     finally:
         bar.close()
         try:
             dataset.reload()  # refresh samples and frames that callers hold in memory
         except Exception:  # noqa: BLE001 -- the database may be what stopped the run
             pass
+        logger.debug("run %s: dataset reloaded", label_field)
     return summary
 
 

@@ -550,6 +550,8 @@ def _pipeline(
             thread.join()
         if not aborted:
             finish_stores(0)
+            logger.debug("pipeline: every store done")
+    logger.debug("pipeline: pools closed")
     if aborted:
         raise aborted[0]
 
