@@ -131,6 +131,31 @@ def test_decoding_processes_match_sequential(dataset):
     assert not {n for n in set(os.listdir("/dev/shm")) - shm_before if n.startswith("psm_")}
 
 
+def test_decoded_clip_through_shared_memory_or_pipe(video_dir, monkeypatch):
+    """A decoding process's clip comes back in shared memory, mapped and its name removed, or
+    with the frames themselves when ``/dev/shm`` has no room; both equal a direct decode."""
+    from pointtrack import runners
+    from pointtrack.video import read_clip
+
+    path = str(video_dir / "clip1.mp4")
+    direct = read_clip(path, size=(64, 48))
+    shared = runners._read_shared(path, {"size": (64, 48)})
+    assert shared.frames is None and os.path.exists(f"/dev/shm/{shared.name}")
+    clip = shared.clip()
+    assert not os.path.exists(f"/dev/shm/{shared.name}")
+    assert np.array_equal(clip.frames, direct.frames)
+    assert np.array_equal(clip.frame_numbers, direct.frame_numbers)
+    assert (clip.fps, clip.source_size) == (direct.fps, direct.source_size)
+
+    class Full:
+        f_bavail, f_frsize = 1, 4096
+
+    monkeypatch.setattr(os, "statvfs", lambda path: Full())
+    held = runners._read_shared(path, {"size": (64, 48)})
+    assert held.frames is not None and held.name == ""
+    assert np.array_equal(held.clip().frames, direct.frames)
+
+
 def test_decoding_process_killed_mid_run(dataset):
     """A decoding process killed mid-run: its jobs are decoded on threads instead, every
     sample is done once, with the sequential run's labels."""

@@ -330,7 +330,18 @@ def read_clip_offloaded(path: str | os.PathLike, **kwargs: Any) -> Clip:
 
 
 def _read_shared(path: str, kwargs: dict) -> _SharedClip:
-    return _SharedClip.of(read_clip(path, **kwargs))
+    """In a decoding process: the clip, in shared memory when ``/dev/shm`` has room for it
+    twice over (containers often give it 64 MB, and a block past its end is a crash on first
+    touch, not an error), else through the pipe as `_SharedClip` holding the frames."""
+    clip = read_clip(path, **kwargs)
+    try:
+        room = os.statvfs("/dev/shm")
+        free = room.f_bavail * room.f_frsize
+    except OSError:
+        free = 0
+    if free >= 2 * clip.frames.nbytes:
+        return _SharedClip.of(clip)
+    return _SharedClip.holding(clip)
 
 
 @dataclass
@@ -346,6 +357,12 @@ class _SharedClip:
     source_size: tuple[int, int]
     path: str | None
     pid: int
+    frames: np.ndarray | None = None  # the frames themselves, when shared memory had no room
+
+    @classmethod
+    def holding(cls, clip: Clip) -> _SharedClip:
+        return cls("", clip.frames.shape, clip.frames.dtype.str, clip.frame_numbers, clip.fps,
+                   clip.source_size, clip.path, os.getpid(), clip.frames)
 
     @classmethod
     def of(cls, clip: Clip) -> _SharedClip:
@@ -366,6 +383,9 @@ class _SharedClip:
         """The clip, its frames mapped here (not copied). The block's name goes at once, so
         its memory goes with the last reference to the frames."""
         from multiprocessing import resource_tracker
+
+        if self.frames is not None:
+            return Clip(self.frames, self.frame_numbers, self.fps, self.source_size, self.path)
 
         path = f"/dev/shm/{self.name.lstrip('/')}"
         fd = os.open(path, os.O_RDWR)
