@@ -273,7 +273,8 @@ def _stores_ended(pool: Executor, aborted: list) -> Iterator[Executor]:
 
 
 def _ready(work: Work | None) -> None:
-    """A store process's first task: unpickling ``work`` was the point."""
+    """A helper process's first task: starting (and unpickling ``work``, for a store
+    process: the imports a store needs) was the point."""
 
 
 _SKIPPED = object()  # a load task's result when another run holds the job
