@@ -137,6 +137,19 @@ class Phases(logging.Handler):
         self.marks: list = []
         self.gc_s = {0: 0.0, 1: 0.0, 2: 0.0}
         self._gc_start = 0.0
+        self.stacks: list = []  # (time, the calling thread's innermost frames), every 50 ms
+        self._main = threading.get_ident()
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            frame = sys._current_frames().get(self._main)
+            where = []
+            while frame is not None and len(where) < 8:
+                code = frame.f_code
+                where.append(f"{Path(code.co_filename).name}:{frame.f_lineno} {code.co_name}")
+                frame = frame.f_back
+            self.stacks.append((time.time(), " < ".join(where)))
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
@@ -155,17 +168,31 @@ class Phases(logging.Handler):
         log.setLevel(logging.DEBUG)
         log.addHandler(self)
         gc.callbacks.append(self._gc)
+        self._stop.clear()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
         return self
 
     def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._sampler.join()
         log = logging.getLogger("pointtrack")
         log.removeHandler(self)
         log.setLevel(self._level)
         gc.callbacks.remove(self._gc)
 
-    def report(self, start: float) -> dict:
-        return {"marks_s": [(round(t - start, 4), m) for t, m in self.marks],
-                "gc_pause_s": {f"gen{g}": s for g, s in self.gc_s.items()}}
+    def report(self, start: float, tail_from: float | None = None) -> dict:
+        """Marks and GC pauses; with ``tail_from``, where the calling thread was after it
+        (the most frequent stacks of the samples taken since)."""
+        out = {"marks_s": [(round(t - start, 4), m) for t, m in self.marks],
+               "gc_pause_s": {f"gen{g}": s for g, s in self.gc_s.items()}}
+        if tail_from is not None:
+            counts: dict = {}
+            for t, where in self.stacks:
+                if t >= tail_from:
+                    counts[where] = counts.get(where, 0) + 1
+            out["tail_stacks"] = sorted(counts.items(), key=lambda kv: -kv[1])[:6]
+        return out
 
 
 def idle_timeline(spans: dict, start: float, end: float) -> dict:
@@ -443,7 +470,8 @@ def main() -> None:
                         # loop is the bound; load and store run beside it.
                         entry["stage_s"] = stages
                     returned = time.time()
-                    entry["phases"] = phases.report(row_start)
+                    entry["phases"] = phases.report(row_start,
+                                                    max(reported) if reported else None)
                     entry["tracker_idle_s"] = idle_timeline(spans, row_start, returned)
                     if spans and reported:
                         # The tail: the last stores, then the run's own ending.
