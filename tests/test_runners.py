@@ -422,6 +422,15 @@ def test_cli_processes_flag(dataset, capsys):
     assert "--processes must be >= 1" in capsys.readouterr().err
 
 
+def test_cli_loader_processes_flag(dataset, capsys):
+    assert main(["dataset", "track", dataset.name, "--engine", "lk", "--grid-size", "3",
+                 "--loader-processes", "--store-processes", "1", "--no-progress"]) == 1
+    dataset.reload()
+    assert len(dataset.exists("tracks_result")) == NUM_VIDEOS
+    out = capsys.readouterr()
+    assert "broken.mp4" in out.out + out.err  # the failed sample, named
+
+
 def test_ray_run_says_what_it_waits_for(ray_cluster, dataset, monkeypatch, caplog):
     import ray.cloudpickle
 
