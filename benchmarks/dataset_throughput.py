@@ -466,10 +466,11 @@ def main() -> None:
                                                     backend=backend, ray_address=address,
                                                     runner_options=options, progress=False,
                                                     on_outcome=add)
-                        # Summed over videos: track close to the row's time means the tracking
-                        # loop is the bound; load and store run beside it.
-                        entry["stage_s"] = stages
-                    returned = time.time()
+                        # Before the sampler stops (up to 50 ms): the tail is measured to here.
+                        returned = time.time()
+                    # Summed over videos: track close to the row's time means the tracking
+                    # loop is the bound; load and store run beside it.
+                    entry["stage_s"] = stages
                     entry["phases"] = phases.report(row_start,
                                                     max(reported) if reported else None)
                     entry["tracker_idle_s"] = idle_timeline(spans, row_start, returned)

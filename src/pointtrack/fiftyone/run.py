@@ -172,7 +172,7 @@ class SampleWork:
             if any(t != 0 for t in starts):  # a forward-only stream would start them late
                 self._check_memory(job)
                 streamed, clip = None, read_clip_offloaded(job.path, size=self.input_size,
-                                                 **self.sampling)
+                                                           **self.sampling)
         return (clip if streamed is None else streamed), row, queries, sources
 
     def _streamed(self, job: Job) -> _Streamed | None:

@@ -388,14 +388,15 @@ class _SharedClip:
         if self.frames is not None:
             return Clip(self.frames, self.frame_numbers, self.fps, self.source_size, self.path)
 
-        path = f"/dev/shm/{self.name.lstrip('/')}"
+        name = self.name.lstrip("/")
+        path = f"/dev/shm/{name}"
         fd = os.open(path, os.O_RDWR)
         try:
             mapped = mmap.mmap(fd, os.fstat(fd).st_size)
         finally:
             os.close(fd)
             os.unlink(path)
-            resource_tracker.unregister("/" + self.name.lstrip("/"), "shared_memory")
+            resource_tracker.unregister(f"/{name}", "shared_memory")
         frames = np.frombuffer(mapped, np.dtype(self.dtype), count=math.prod(self.shape))
         return Clip(frames.reshape(self.shape), self.frame_numbers, self.fps, self.source_size,
                     self.path)
