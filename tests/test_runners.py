@@ -616,3 +616,35 @@ def test_lower_priority_once_per_thread():
     thread.join()
     assert seen["delta"] == min(5, 19 - base)
     assert nice() == base
+
+
+def _exit_slowly(seconds: float) -> int:
+    """In a pool's process: make its exit take ``seconds`` (a store process with torch and
+    FiftyOne loaded takes about a second to exit)."""
+    from multiprocessing.util import Finalize
+
+    Finalize(None, time.sleep, args=(seconds,), exitpriority=100)
+    return os.getpid()
+
+
+def test_finished_run_does_not_wait_for_its_helper_processes_to_exit():
+    """A run that stored everything returns while its store processes are still exiting:
+    dropping a process pool must not wait for them either (from Python 3.12, a collected
+    pool takes a lock that its manager thread holds while it joins the processes)."""
+    import gc
+
+    import psutil
+
+    from pointtrack.runners import _process_pool, _stores_ended
+
+    pool, started = _process_pool(1, None)
+    for future in started:
+        future.result()
+    child = psutil.Process(pool.submit(_exit_slowly, 20.0).result())
+    with _stores_ended(pool, aborted=[]):
+        pass
+    time.sleep(0.5)  # the pool's manager thread is now joining the process
+    del pool, started
+    gc.collect()
+    assert child.is_running() and child.status() != psutil.STATUS_ZOMBIE  # not waited for
+    child.wait(timeout=60)  # and it does end, on its own

@@ -261,15 +261,28 @@ def _helper_process_started() -> None:
 @contextlib.contextmanager
 def _stores_ended(pool: Executor, aborted: list) -> Iterator[Executor]:
     """``pool`` until the ``with`` block ends. After a run that stored everything, the run
-    returns without waiting for the store processes to exit (about a second for four on
-    two cores): they end on their own, and each also ends if this process dies
+    returns without waiting for the store processes to exit (about a second for four):
+    they end on their own (`_shut_down_behind`), and each also ends if this process dies
     (`_helper_process_started`)."""
     try:
         yield pool
     except BaseException:
         pool.shutdown(wait=True)
         raise
-    pool.shutdown(wait=bool(aborted))
+    if aborted:
+        pool.shutdown(wait=True)
+    else:
+        _shut_down_behind(pool)
+
+
+def _shut_down_behind(pool: Executor, *, cancel_futures: bool = False) -> None:
+    """Shut ``pool`` down without waiting here for its processes to exit. A thread of its
+    own waits, holding the last reference: when CPython collects a process pool, the
+    collecting thread takes a lock that the pool's manager thread holds while it joins the
+    processes, so a plain ``shutdown(wait=False)`` only moved the wait to wherever the pool
+    was dropped (1.0 s at the end of every run on an H200 host, `benchmarks/NOTES.md`)."""
+    threading.Thread(target=pool.shutdown, kwargs={"wait": True, "cancel_futures": cancel_futures},
+                     name="pointtrack-pool-shutdown", daemon=True).start()
 
 
 def _ready(work: Work | None) -> None:
@@ -298,12 +311,20 @@ class _Decoders:
     """`run_local`'s decoding processes: light (PyAV and NumPy, no FiftyOne, no model), one
     per loader thread, whose decoded frames come back in shared memory."""
 
-    def __init__(self, processes: int) -> None:
-        self.pool, self.started = _process_pool(processes, None)
+    def __init__(self) -> None:
+        self.pool: ProcessPoolExecutor | None = None
+        self.started: list[Future] = []
         self.broken = False
+
+    def start(self, processes: int) -> None:
+        self.pool, self.started = _process_pool(processes, None)
 
     def up(self) -> bool:
         return not self.broken and any(f.done() for f in self.started)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            _shut_down_behind(self.pool, cancel_futures=True)
 
 
 def _loader_started(decoders: _Decoders | None) -> None:
@@ -484,14 +505,12 @@ def _pipeline(
     aborted: list[BaseException] = []
     pid = os.getpid()
     with contextlib.ExitStack() as pools:
-        decoders = _Decoders(loaders) if loader_processes else None
+        decoders = _Decoders() if loader_processes else None
         if decoders is not None:
-            pools.callback(decoders.pool.shutdown, wait=False, cancel_futures=True)
+            pools.callback(decoders.close)
         load_pool = pools.enter_context(ThreadPoolExecutor(
             loaders, thread_name_prefix="pointtrack-load", initializer=_loader_started,
             initargs=(decoders,)))
-        store_pool = pools.enter_context(
-            _stores_ended(_store_pool(store_processes, work), aborted))
         loads: deque[tuple[Job, Future]] = deque()
         # job, seconds, store, times, loader
         stores: deque[tuple[Job, dict, Future, dict, int]] = deque()
@@ -560,9 +579,15 @@ def _pipeline(
                 with lock:
                     aborted.append(e)
 
+        # The first videos decode (on the loader threads) while the helper processes are
+        # spawned: the first track waits for a decode, not for the spawns.
         with lock:
             for _ in range(loaders + prefetch + len(trackers) - 1):
                 load_next()
+        if decoders is not None:
+            decoders.start(loaders)
+        store_pool = pools.enter_context(
+            _stores_ended(_store_pool(store_processes, work), aborted))
         others = [threading.Thread(target=track_all, args=(t,), name="pointtrack-track")
                   for t in trackers[1:]]
         for thread in others:
