@@ -150,6 +150,7 @@ def run_ray(
     num_actors: int | None = None,
     num_gpus: float | None = None,
     prefetch: int = 2,
+    max_stores: int | None = None,
     keep_actors: bool = False,
     on_outcome: OnOutcome | None = None,
 ) -> list[Outcome]:
@@ -160,6 +161,11 @@ def run_ray(
         num_actors: tracker actors; default one per GPU of the cluster, else half its CPUs.
         num_gpus: GPUs per actor; default 1 where the cluster has GPUs, else 0.
         prefetch: jobs queued on each actor beyond the one it tracks.
+        max_stores: store tasks at once (default 4 per actor); later results wait, as
+            references, until one ends. Without a bound, stores pile up faster than the
+            database takes them, and each one past Ray's started workers makes Ray start a
+            worker (seconds of imports) that the next decode then waits for: the tracker
+            sat idle 6-10 s in the middle of every 32-video run on an H200 host.
         keep_actors: keep the actors (their models loaded and compiled) for the next run
             with this tracker, instead of ending them; `release_actors` ends them.
     """
@@ -198,6 +204,14 @@ def run_ray(
     queued = [0] * num_actors  # jobs each actor holds
     tracking: dict[Any, tuple[Job, int, Any]] = {}  # meta ref -> job, actor, result ref
     storing: dict[Any, tuple[Job, dict]] = {}  # store ref -> job, meta
+    waiting: deque[tuple[Job, Any, dict]] = deque()  # tracked, for a store slot: job, result, meta
+    max_stores = max_stores or 4 * num_actors
+
+    def store_next(job: Job, result: Any, meta: dict) -> None:
+        if len(storing) < max_stores:
+            storing[store.remote(work_ref, job, result)] = (job, meta)
+        else:
+            waiting.append((job, result, meta))
 
     def submit() -> None:
         for i, actor in sorted(enumerate(actors), key=lambda ia: queued[ia[0]]):
@@ -236,10 +250,12 @@ def run_ray(
                                              f"({error_message(e).splitlines()[0]})")
                     run.failed(job, cause)
                 else:
-                    storing[store.remote(work_ref, job, result)] = (job, meta)
+                    store_next(job, result, meta)
                 submit()
             else:
                 job, meta = storing.pop(ref)
+                if waiting:
+                    store_next(*waiting.popleft())
                 try:
                     meta["seconds"]["store"] = ray.get(ref)
                 except RayTaskError as e:
