@@ -413,7 +413,10 @@ class _SharedClip:
         path = f"/dev/shm/{name}"
         fd = os.open(path, os.O_RDWR)
         try:
-            mapped = mmap.mmap(fd, os.fstat(fd).st_size)
+            # Pages faulted in now, on the loader thread (the call releases the GIL), not one
+            # by one when the tracker first reads the frames: 5-35 ms per 480p clip on a VM.
+            populate = getattr(mmap, "MAP_POPULATE", 0)
+            mapped = mmap.mmap(fd, os.fstat(fd).st_size, flags=mmap.MAP_SHARED | populate)
         finally:
             os.close(fd)
             os.unlink(path)
