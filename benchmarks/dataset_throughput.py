@@ -451,11 +451,16 @@ def main() -> None:
                     loaders: list = []
 
                     reported: list = []  # when each outcome reached this process
+                    timeline: list = []  # per video: which process decoded it, and when what ran
 
                     def add(outcome, stages=stages, spans=spans, loaders=loaders,
-                            reported=reported) -> None:
+                            reported=reported, timeline=timeline, t0=row_start) -> None:
                         reported.append(time.time())
                         loaders.append(outcome.loader)
+                        timeline.append({"loader": outcome.loader, "worker": outcome.worker,
+                                         **{k: [round(v - t0, 3) for v in span]
+                                            for k, span in outcome.times.items()},
+                                         "reported": round(reported[-1] - t0, 3)})
                         for stage, s in outcome.seconds.items():
                             stages[stage] = stages.get(stage, 0.0) + s
                         if "track" in outcome.times:
@@ -471,6 +476,7 @@ def main() -> None:
                     # Summed over videos: track close to the row's time means the tracking
                     # loop is the bound; load and store run beside it.
                     entry["stage_s"] = stages
+                    entry["timeline"] = sorted(timeline, key=lambda r: r.get("track", [0])[0])
                     entry["phases"] = phases.report(row_start,
                                                     max(reported) if reported else None)
                     entry["tracker_idle_s"] = idle_timeline(spans, row_start, returned)

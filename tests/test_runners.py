@@ -266,6 +266,12 @@ def test_ray_matches_sequential(ray_cluster, dataset):
     assert summary.failed == seq.failed
     assert len({o.worker for o in outcomes if o.status == "done"}) == 2  # both actors worked
     assert all(o.worker != os.getpid() for o in outcomes if o.status == "done")
+    for o in outcomes:  # each stage's process and wall-clock span, in the order they ran
+        if o.status == "done":
+            assert o.loader not in (None, os.getpid())
+            t = o.times
+            assert t["submitted"][0] <= t["load"][0] <= t["load"][1] <= t["track"][0]
+            assert t["track"][0] <= t["track"][1] <= t["store"][0] <= t["store"][1]
     assert_same_run(dataset, "ray", "seq")
     again = ptf.track_dataset(dataset, lk, "ray", grid_size=4, every=2, backend="ray",
                               progress=False)

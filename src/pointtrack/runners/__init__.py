@@ -60,7 +60,9 @@ class Outcome:
     seconds: dict[str, float] = field(default_factory=dict)
     worker: int | None = None
     #: Wall-clock (``time.time()``) start and end of tracking, where the runner knows them:
-    #: ``{"track": (start, end)}``; a benchmark reads the tracker's idle gaps from them.
+    #: ``{"track": (start, end)}``; a benchmark reads the tracker's idle gaps from them. Ray
+    #: runs also give ``"load"``, ``"store"`` and ``"submitted"`` (when the job was handed
+    #: to Ray: start and end are that moment).
     times: dict[str, tuple[float, float]] = field(default_factory=dict)
     loader: int | None = None
 

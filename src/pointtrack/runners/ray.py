@@ -74,14 +74,20 @@ def worker_env() -> dict[str, str]:
             if k in _DB_ENV or k.startswith(_POINTTRACK_ENV)}
 
 
-def _load(work: Work, job: Job) -> tuple[Any, float]:
+def _load(work: Work, job: Job) -> tuple[Any, float, int, tuple[float, float]]:
+    """The loaded job, seconds, this worker's pid, and when it ran (wall clock: the time
+    from the job's submission to its start is Ray's, e.g. a worker starting)."""
     _lower_priority()  # as the local runner's loaders: the tracker actor's launches come first
-    return _timed(work.load, job)
+    started = time.time()
+    value, seconds = _timed(work.load, job)
+    return value, seconds, os.getpid(), (started, started + seconds)
 
 
-def _store(work: Work, job: Job, result: Any) -> float:
+def _store(work: Work, job: Job, result: Any) -> tuple[float, tuple[float, float]]:
     _lower_priority()
-    return _stored(work, job, result)
+    started = time.time()
+    seconds = _stored(work, job, result)
+    return seconds, (started, started + seconds)
 
 
 class _TrackerActor:
@@ -94,15 +100,16 @@ class _TrackerActor:
         except Exception as e:  # noqa: BLE001 -- reported by the first call, which aborts
             self.error = error_message(e)
 
-    def track(self, work: Work, job: Job, loaded: tuple[Any, float]) -> tuple[Any, dict]:
+    def track(self, work: Work, job: Job, loaded: tuple) -> tuple[Any, dict]:
         if self.error is not None:  # no job could be tracked: stop the run
             raise RunAborted(f"the tracker could not be built on a Ray worker: {self.error}")
-        value, t_load = loaded
+        value, t_load, loader, load_times = loaded
         started, t = time.time(), time.perf_counter()
         result = work.track(self.tracker, job, value)
         t_track = time.perf_counter() - t
         meta = {"seconds": {"load": t_load, "track": t_track}, "worker": os.getpid(),
-                "times": {"track": (started, started + t_track)}}
+                "loader": loader,
+                "times": {"load": load_times, "track": (started, started + t_track)}}
         return result, meta
 
 
@@ -202,7 +209,8 @@ def run_ray(
     run = _Run(work, on_outcome)
     todo = deque(jobs)
     queued = [0] * num_actors  # jobs each actor holds
-    tracking: dict[Any, tuple[Job, int, Any]] = {}  # meta ref -> job, actor, result ref
+    # meta ref -> job, actor, result ref, when submitted
+    tracking: dict[Any, tuple[Job, int, Any, float]] = {}
     storing: dict[Any, tuple[Job, dict]] = {}  # store ref -> job, meta
     waiting: deque[tuple[Job, Any, dict]] = deque()  # tracked, for a store slot: job, result, meta
     max_stores = max_stores or 4 * num_actors
@@ -222,7 +230,7 @@ def run_ray(
                     continue
                 result, meta = actor.track.options(num_returns=2).remote(
                     work_ref, job, load.remote(work_ref, job))
-                tracking[meta] = (job, i, result)
+                tracking[meta] = (job, i, result, time.time())
                 queued[i] += 1
 
     try:
@@ -237,7 +245,7 @@ def run_ray(
                 continue
             ref = ready[0]
             if ref in tracking:
-                job, i, result = tracking.pop(ref)
+                job, i, result, submitted = tracking.pop(ref)
                 queued[i] -= 1
                 try:
                     meta = ray.get(ref)
@@ -250,6 +258,7 @@ def run_ray(
                                              f"({error_message(e).splitlines()[0]})")
                     run.failed(job, cause)
                 else:
+                    meta["times"]["submitted"] = (submitted, submitted)
                     store_next(job, result, meta)
                 submit()
             else:
@@ -257,14 +266,14 @@ def run_ray(
                 if waiting:
                     store_next(*waiting.popleft())
                 try:
-                    meta["seconds"]["store"] = ray.get(ref)
+                    meta["seconds"]["store"], meta["times"]["store"] = ray.get(ref)
                 except RayTaskError as e:
                     cause = _cause(e)
                     if isinstance(cause, RunAborted):
                         raise cause from None
                     run.failed(job, cause, meta["worker"])
                     continue
-                run.done(job, meta["seconds"], meta["worker"], meta["times"])
+                run.done(job, meta["seconds"], meta["worker"], meta["times"], meta["loader"])
     finally:
         if not keep_actors:
             for actor in actors:
