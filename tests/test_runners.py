@@ -92,6 +92,11 @@ def test_pipelined_matches_sequential(dataset):
         assert len(outcomes) == NUM_VIDEOS + 1
         assert all(set(o.seconds) == {"load", "track", "store"} for o in outcomes
                    if o.status == "done")
+        for o in outcomes:  # when the claim, the load and the tracking ran, in that order
+            if o.status == "done":
+                t = o.times
+                assert t["claim"][0] <= t["claim"][1] <= t["load"][0] <= t["load"][1]
+                assert t["load"][1] <= t["track"][0] <= t["track"][1]
         assert_same_run(dataset, field, "seq")
 
 

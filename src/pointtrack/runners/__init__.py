@@ -60,9 +60,10 @@ class Outcome:
     seconds: dict[str, float] = field(default_factory=dict)
     worker: int | None = None
     #: Wall-clock (``time.time()``) start and end of tracking, where the runner knows them:
-    #: ``{"track": (start, end)}``; a benchmark reads the tracker's idle gaps from them. Ray
-    #: runs also give ``"load"``, ``"store"`` and ``"submitted"`` (when the job was handed
-    #: to Ray: start and end are that moment).
+    #: ``{"track": (start, end)}``; a benchmark reads the tracker's idle gaps from them.
+    #: Also ``"claim"`` and ``"load"`` in the local runner, and ``"load"``, ``"store"`` and
+    #: ``"submitted"`` (when the job was handed to Ray: start and end are that moment) in
+    #: Ray runs.
     times: dict[str, tuple[float, float]] = field(default_factory=dict)
     loader: int | None = None
 
@@ -297,13 +298,17 @@ _SKIPPED = object()  # a load task's result when another run holds the job
 
 def _claimed_load(work: Work, job: Job) -> Any:
     """Claim ``job`` and load it (on a loader thread: the claim's database round trips stay
-    off the tracking thread): the loaded job, seconds, and the pid of the process that
-    decoded it; `_SKIPPED` if another run holds it."""
+    off the tracking thread): the loaded job, seconds, the pid of the process that decoded
+    it, and when the claim and the load ran (wall clock); `_SKIPPED` if another run holds
+    it."""
+    claimed = time.time()
     if not work.claim(job):
         return _SKIPPED
     _loader.decoded_by = None
+    started = time.time()
     loaded, seconds = _timed(work.load, job)
-    return loaded, seconds, getattr(_loader, "decoded_by", None) or os.getpid()
+    times = {"claim": (claimed, started), "load": (started, started + seconds)}
+    return loaded, seconds, getattr(_loader, "decoded_by", None) or os.getpid(), times
 
 
 _loader = threading.local()  # a loader thread's decoding processes (`read_clip_offloaded`)
@@ -567,7 +572,7 @@ def _pipeline(
                         if isinstance(claimed, Exception):
                             run.failed(job, claimed, pid)
                             continue
-                    loaded, t_load, loader = claimed
+                    loaded, t_load, loader, times = claimed
                     try:
                         started = time.time()
                         result, t_track = _timed(work.track, tracker, job, loaded)
@@ -581,7 +586,8 @@ def _pipeline(
                     del result
                     with lock:
                         stores.append((job, {"load": t_load, "track": t_track}, stored,
-                                       {"track": (started, started + t_track)}, loader))
+                                       {**times, "track": (started, started + t_track)},
+                                       loader))
                     finish_stores(waiting_stores)
             except BaseException as e:  # noqa: BLE001 -- RunAborted: every thread stops
                 with lock:
