@@ -594,10 +594,10 @@ def _pipeline(
                     aborted.append(e)
 
         # The first videos decode alone, one per tracker: the GPU waits for them. With every
-        # loader decoding at once, the first track started 0.5-0.6 s after the jobs were
-        # listed on an H200 host, where a video decodes in ~0.09 s alone (the sequential
-        # run). The first tracker to get its video queues the rest. The helper processes
-        # are spawned meanwhile: the first track waits for a decode, not for the spawns.
+        # loader decoding at once, the first track started ~0.6 s after the jobs were listed
+        # on an H200 host, ~0.36 s with the first decode alone (`benchmarks/NOTES.md`,
+        # session 8). The first tracker to get its video queues the rest. The helper
+        # processes are spawned meanwhile: the first track waits for a decode, not for them.
         ahead = [loaders + prefetch]
         with lock:
             for _ in trackers:

@@ -169,10 +169,8 @@ def run_ray(
         num_gpus: GPUs per actor; default 1 where the cluster has GPUs, else 0.
         prefetch: jobs queued on each actor beyond the one it tracks.
         max_stores: store tasks at once (default 4 per actor); later results wait, as
-            references, until one ends. Without a bound, stores pile up faster than the
-            database takes them, and each one past Ray's started workers makes Ray start a
-            worker (seconds of imports) that the next decode then waits for: the tracker
-            sat idle 6-10 s in the middle of every 32-video run on an H200 host.
+            references, until one ends, rather than holding Ray's CPU slots and workers
+            (which the decodes need) while they queue for the database.
         keep_actors: keep the actors (their models loaded and compiled) for the next run
             with this tracker, instead of ending them; `release_actors` ends them.
     """
@@ -241,7 +239,8 @@ def run_ray(
                 logger.warning(
                     "no Ray task finished in %g s: %d video(s) tracking or queued on %d "
                     "actor(s), %d store(s) pending; free resources %s", STALL_S,
-                    len(tracking), len(actors), len(storing), ray.available_resources())
+                    len(tracking), len(actors), len(storing) + len(waiting),
+                    ray.available_resources())
                 continue
             ref = ready[0]
             if ref in tracking:
