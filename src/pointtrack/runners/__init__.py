@@ -101,6 +101,14 @@ def _timed(fn: Callable, *args) -> tuple[Any, float]:
     return value, time.perf_counter() - t
 
 
+def _clocked(fn: Callable, *args) -> tuple[Any, float, tuple[float, float]]:
+    """`_timed`, with the wall-clock (``time.time()``) start and end, as `Outcome.times`
+    holds them."""
+    started = time.time()
+    value, seconds = _timed(fn, *args)
+    return value, seconds, (started, started + seconds)
+
+
 def _stored(work: Work, job: Job, result: Any) -> float:
     return _timed(work.store, job, result)[1]
 
@@ -305,9 +313,8 @@ def _claimed_load(work: Work, job: Job) -> Any:
     if not work.claim(job):
         return _SKIPPED
     _loader.decoded_by = None
-    started = time.time()
-    loaded, seconds = _timed(work.load, job)
-    times = {"claim": (claimed, started), "load": (started, started + seconds)}
+    loaded, seconds, span = _clocked(work.load, job)
+    times = {"claim": (claimed, span[0]), "load": span}
     return loaded, seconds, getattr(_loader, "decoded_by", None) or os.getpid(), times
 
 
@@ -562,9 +569,9 @@ def _pipeline(
                     except Exception as e:  # noqa: BLE001 -- the claim or the decoding
                         claimed = e
                     with lock:
-                        # Decoding the next jobs overlaps this tracking: after the first
-                        # decode, fill the queue.
-                        for _ in range(ahead.pop() if ahead else 1):
+                        # Decoding the next jobs overlaps this tracking (after the first
+                        # decode, this fills the queue).
+                        for _ in range(queued - len(loads)):
                             load_next()
                         if claimed is _SKIPPED:
                             run.skipped(job)
@@ -574,8 +581,7 @@ def _pipeline(
                             continue
                     loaded, t_load, loader, times = claimed
                     try:
-                        started = time.time()
-                        result, t_track = _timed(work.track, tracker, job, loaded)
+                        result, t_track, span = _clocked(work.track, tracker, job, loaded)
                     except Exception as e:  # noqa: BLE001
                         with lock:
                             run.failed(job, e, pid)
@@ -586,8 +592,7 @@ def _pipeline(
                     del result
                     with lock:
                         stores.append((job, {"load": t_load, "track": t_track}, stored,
-                                       {**times, "track": (started, started + t_track)},
-                                       loader))
+                                       {**times, "track": span}, loader))
                     finish_stores(waiting_stores)
             except BaseException as e:  # noqa: BLE001 -- RunAborted: every thread stops
                 with lock:
@@ -598,7 +603,7 @@ def _pipeline(
         # on an H200 host, ~0.36 s with the first decode alone (`benchmarks/NOTES.md`,
         # session 8). The first tracker to get its video queues the rest. The helper
         # processes are spawned meanwhile: the first track waits for a decode, not for them.
-        ahead = [loaders + prefetch]
+        queued = loaders + prefetch + len(trackers) - 1  # loads waiting, once under way
         with lock:
             for _ in trackers:
                 load_next()

@@ -29,10 +29,9 @@ from . import (
     Outcome,
     RunAborted,
     Work,
+    _clocked,
     _lower_priority,
     _Run,
-    _stored,
-    _timed,
     error_message,
 )
 from .processes import build_tracker, tracker_spec
@@ -78,16 +77,14 @@ def _load(work: Work, job: Job) -> tuple[Any, float, int, tuple[float, float]]:
     """The loaded job, seconds, this worker's pid, and when it ran (wall clock: the time
     from the job's submission to its start is Ray's, e.g. a worker starting)."""
     _lower_priority()  # as the local runner's loaders: the tracker actor's launches come first
-    started = time.time()
-    value, seconds = _timed(work.load, job)
-    return value, seconds, os.getpid(), (started, started + seconds)
+    value, seconds, span = _clocked(work.load, job)
+    return value, seconds, os.getpid(), span
 
 
 def _store(work: Work, job: Job, result: Any) -> tuple[float, tuple[float, float]]:
     _lower_priority()
-    started = time.time()
-    seconds = _stored(work, job, result)
-    return seconds, (started, started + seconds)
+    _, seconds, span = _clocked(work.store, job, result)
+    return seconds, span
 
 
 class _TrackerActor:
@@ -104,12 +101,9 @@ class _TrackerActor:
         if self.error is not None:  # no job could be tracked: stop the run
             raise RunAborted(f"the tracker could not be built on a Ray worker: {self.error}")
         value, t_load, loader, load_times = loaded
-        started, t = time.time(), time.perf_counter()
-        result = work.track(self.tracker, job, value)
-        t_track = time.perf_counter() - t
+        result, t_track, span = _clocked(work.track, self.tracker, job, value)
         meta = {"seconds": {"load": t_load, "track": t_track}, "worker": os.getpid(),
-                "loader": loader,
-                "times": {"load": load_times, "track": (started, started + t_track)}}
+                "loader": loader, "times": {"load": load_times, "track": span}}
         return result, meta
 
 
