@@ -110,6 +110,25 @@ def test_create_dataset_metadata_and_load(video_dir):
         ptf.create_dataset(video_dir / "*.txt", new_name())
 
 
+def test_create_dataset_leaves_no_samples_for_later_reloads(video_dir):
+    """FiftyOne reloads every in-memory sample after each schema change and at the end of a
+    tracking run; the samples `create_dataset` made are nobody's, so none may stay
+    registered (a video sample lives until the garbage collector breaks its cycle)."""
+    import gc
+
+    import fiftyone.core.sample as fos
+
+    gc.disable()
+    try:
+        ds = ptf.create_dataset(video_dir, new_name())
+        held = fos.Sample._instances.get(ds._sample_collection_name, {})
+        assert len(held) == 0
+        assert len(ds) == 3 and ds.first().metadata.total_frame_count == T
+    finally:
+        gc.enable()
+        ds.delete()
+
+
 def test_write_read_back_exact(dataset):
     sample = dataset.first()
     tracks = random_tracks()
