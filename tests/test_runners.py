@@ -14,6 +14,7 @@ import sys
 import textwrap
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -441,6 +442,59 @@ def test_cli_loader_processes_flag(dataset, capsys):
     assert len(dataset.exists("tracks_result")) == NUM_VIDEOS
     out = capsys.readouterr()
     assert "broken.mp4" in out.out + out.err  # the failed sample, named
+
+
+@dataclass
+class GatedWork:
+    """A `Work` whose job "slow" decodes only once every other job is stored (``gate``
+    exists), or after 30 s."""
+
+    gate: str
+
+    def claim(self, job):
+        return True
+
+    def load(self, job):
+        if job.key == "slow":
+            deadline = time.time() + 30
+            while not os.path.exists(self.gate) and time.time() < deadline:
+                time.sleep(0.05)
+        return job.key
+
+    def track(self, tracker, job, loaded):
+        return loaded
+
+    def store(self, job, result):
+        pass
+
+    def fail(self, job, message):
+        raise AssertionError(f"{job.key} failed: {message}")
+
+
+def test_ray_slow_decode_holds_back_only_its_own_job(ray_cluster, tmp_path):
+    """An actor gets only decoded jobs: a decode that waits (a Ray worker starting, a long
+    video) does not hold back the jobs queued after it."""
+    import ray.cloudpickle
+
+    from pointtrack.runners import Job
+    from pointtrack.runners.ray import run_ray
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers can't import tests
+    gate = tmp_path / "others-done"
+    jobs = [Job(key, f"{key}.mp4") for key in ("a", "slow", "b", "c", "d", "e")]
+    finished = []
+
+    def record(outcome):
+        finished.append(outcome.job.key)
+        if set(finished) == {"a", "b", "c", "d", "e"}:
+            gate.touch()
+
+    started = time.time()
+    outcomes = run_ray(jobs, GatedWork(str(gate)), load_tracker("lk"), num_actors=1,
+                       prefetch=1, on_outcome=record)
+    assert [o.status for o in outcomes] == ["done"] * 6
+    assert finished[-1] == "slow"
+    assert time.time() - started < 25  # the gate opened: nothing waited for the slow decode
 
 
 def test_ray_run_says_what_it_waits_for(ray_cluster, dataset, monkeypatch, caplog):

@@ -5,12 +5,12 @@ the same paths (shared storage) and a database all of them reach (``FIFTYONE_DAT
 a cluster this runner starts gets the driver's FiftyOne database settings and its
 ``POINTTRACK_*`` settings (``POINTTRACK_MEMORY_LIMIT``, ``POINTTRACK_CHECKPOINT_DIR``, ...).
 
-Per job: a CPU task decodes it (`Work.load`), the least busy actor tracks it (each actor
-holds one loaded, compiled model and keeps ``1 + prefetch`` jobs queued, so it never waits for
-a decode), and a CPU task stores the result (`Work.store`). Results move between them in
-Ray's object store, not through the driver. A killed actor is restarted and its queued jobs
-are retried (Ray's ``max_restarts`` / ``max_task_retries``); a store replaces whatever an
-interrupted attempt wrote, so a redone job is stored once.
+Per job: a CPU task decodes it (`Work.load`), the least busy actor tracks it once it is
+decoded (each actor holds one loaded, compiled model and keeps ``1 + prefetch`` decoded jobs
+queued, so it never waits for a decode), and a CPU task stores the result (`Work.store`).
+Results move between them in Ray's object store, not through the driver. A killed actor is
+restarted and its queued jobs are retried (Ray's ``max_restarts`` / ``max_task_retries``); a
+store replaces whatever an interrupted attempt wrote, so a redone job is stored once.
 """
 
 from __future__ import annotations
@@ -200,6 +200,10 @@ def run_ray(
 
     run = _Run(work, on_outcome)
     todo = deque(jobs)
+    # Decoded ahead, at most `decoding` jobs decoding or decoded and not yet with an actor.
+    decoding = num_actors * (1 + prefetch)
+    loading: dict[Any, tuple[Job, float]] = {}  # load ref -> job, when submitted
+    loaded: deque[tuple[Job, Any, float]] = deque()  # decoded: job, load ref, when submitted
     queued = [0] * num_actors  # jobs each actor holds
     # meta ref -> job, actor, result ref, when submitted
     tracking: dict[Any, tuple[Job, int, Any, float]] = {}
@@ -214,30 +218,41 @@ def run_ray(
             waiting.append((job, result, meta))
 
     def submit() -> None:
+        while todo and len(loading) + len(loaded) < decoding:
+            job = todo.popleft()
+            if not work.claim(job):
+                run.skipped(job)
+                continue
+            loading[load.remote(work_ref, job)] = (job, time.time())
+        # Actors get decoded jobs only. An actor runs its calls in order, each once its
+        # input exists, so one slow decode queued on it (a Ray worker starting, say) held
+        # back every job behind it: 6-10 s with the GPU idle, once per run on an H200 host.
         for i, actor in sorted(enumerate(actors), key=lambda ia: queued[ia[0]]):
-            while queued[i] < 1 + prefetch and todo:
-                job = todo.popleft()
-                if not work.claim(job):
-                    run.skipped(job)
-                    continue
+            while queued[i] < 1 + prefetch and loaded:
+                job, loaded_ref, submitted = loaded.popleft()
                 result, meta = actor.track.options(num_returns=2).remote(
-                    work_ref, job, load.remote(work_ref, job))
-                tracking[meta] = (job, i, result, time.time())
+                    work_ref, job, loaded_ref)
+                tracking[meta] = (job, i, result, submitted)
                 queued[i] += 1
 
     try:
         submit()
-        while tracking or storing:
-            ready, _ = ray.wait([*tracking, *storing], num_returns=1, timeout=STALL_S)
+        while loading or loaded or tracking or storing:
+            ready, _ = ray.wait([*loading, *tracking, *storing], num_returns=1,
+                                timeout=STALL_S)
             if not ready:  # say what is pending: a stalled cluster otherwise shows nothing
                 logger.warning(
-                    "no Ray task finished in %g s: %d video(s) tracking or queued on %d "
-                    "actor(s), %d store(s) pending; free resources %s", STALL_S,
-                    len(tracking), len(actors), len(storing) + len(waiting),
+                    "no Ray task finished in %g s: %d video(s) decoding, %d tracking or "
+                    "queued on %d actor(s), %d store(s) pending; free resources %s", STALL_S,
+                    len(loading), len(tracking), len(actors), len(storing) + len(waiting),
                     ray.available_resources())
                 continue
             ref = ready[0]
-            if ref in tracking:
+            if ref in loading:  # decoded, or failed: the actor's call reports which
+                job, submitted = loading.pop(ref)
+                loaded.append((job, ref, submitted))
+                submit()
+            elif ref in tracking:
                 job, i, result, submitted = tracking.pop(ref)
                 queued[i] -= 1
                 try:
