@@ -16,6 +16,7 @@ samples. `run_sequential` does one stage after another (the reference behaviour)
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import math
@@ -304,21 +305,24 @@ def _ready(work: Work | None) -> None:
 _SKIPPED = object()  # a load task's result when another run holds the job
 
 
-def _claimed_load(work: Work, job: Job) -> Any:
+def _claimed_load(work: Work, job: Job, here: bool = False) -> Any:
     """Claim ``job`` and load it (on a loader thread: the claim's database round trips stay
     off the tracking thread): the loaded job, seconds, the pid of the process that decoded
     it, and when the claim and the load ran (wall clock); `_SKIPPED` if another run holds
-    it."""
+    it. ``here``: decode on this thread, not in a decoding process."""
     claimed = time.time()
     if not work.claim(job):
         return _SKIPPED
     _loader.decoded_by = None
+    _loader.here = here
     loaded, seconds, span = _clocked(work.load, job)
     times = {"claim": (claimed, span[0]), "load": span}
     return loaded, seconds, getattr(_loader, "decoded_by", None) or os.getpid(), times
 
 
 _loader = threading.local()  # a loader thread's decoding processes (`read_clip_offloaded`)
+#: Seconds a load waits for the decoding processes to start before it decodes on its thread.
+DECODERS_START_S = 5.0
 
 
 class _Decoders:
@@ -333,8 +337,13 @@ class _Decoders:
     def start(self, processes: int) -> None:
         self.pool, self.started = _process_pool(processes, None)
 
-    def up(self) -> bool:
-        return not self.broken and any(f.done() for f in self.started)
+    def up(self, wait: float = 0.0) -> bool:
+        """Whether a decoding process is ready, waiting up to ``wait`` seconds for one."""
+        if self.broken or self.pool is None:
+            return False
+        if wait > 0 and not any(f.done() for f in self.started):
+            concurrent.futures.wait(self.started, wait, concurrent.futures.FIRST_COMPLETED)
+        return any(f.done() for f in self.started)
 
     def close(self) -> None:
         if self.pool is not None:
@@ -354,7 +363,12 @@ def read_clip_offloaded(path: str | os.PathLike, **kwargs: Any) -> Clip:
     made a loop of offline CoTracker3 calls 5x slower on an H200, three decoding processes
     6% (`benchmarks/NOTES.md`, session 7)."""
     decoders: _Decoders | None = getattr(_loader, "decoders", None)
-    if decoders is not None and decoders.up():
+    # While the processes start (~0.3 s), a load waits for them rather than decode on this
+    # thread beside the tracker: two such decodes made a run's first track take 0.6-0.8 s
+    # instead of 0.33 s on an H200 host. The first videos, decoded before anything else
+    # runs, are the exception (``here``).
+    if (decoders is not None and not getattr(_loader, "here", False)
+            and decoders.up(wait=DECODERS_START_S)):
         try:
             shared = decoders.pool.submit(_read_shared, os.fspath(path), kwargs).result()
         except BrokenProcessPool:  # a decoding process died: decode here from now on
@@ -532,14 +546,24 @@ def _pipeline(
         # job, seconds, store, times, loader
         stores: deque[tuple[Job, dict, Future, dict, int]] = deque()
 
-        def load_next() -> None:
+        def load_next(here: bool = False) -> None:
             job = next(todo, None)
             if job is not None:
-                loads.append((job, load_pool.submit(_claimed_load, work, job)))
+                loads.append((job, load_pool.submit(_claimed_load, work, job, here)))
 
         def next_loaded() -> tuple[Job, Future] | None:
-            with lock:
-                return loads.popleft() if loads and not aborted else None
+            """The first load that has finished, else the first to finish: a slow decode
+            (a long video) holds back only its own job."""
+            while True:
+                with lock:
+                    if not loads or aborted:
+                        return None
+                    for i, (job, future) in enumerate(loads):
+                        if future.done():
+                            del loads[i]
+                            return job, future
+                    pending = [future for _, future in loads]
+                concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
 
         def finish_store(job: Job, seconds: dict, future: Future, times: dict,
                          loader: int) -> None:
@@ -606,7 +630,7 @@ def _pipeline(
         queued = loaders + prefetch + len(trackers) - 1  # loads waiting, once under way
         with lock:
             for _ in trackers:
-                load_next()
+                load_next(here=True)
         if decoders is not None:
             decoders.start(loaders)
         store_pool = pools.enter_context(
