@@ -180,6 +180,46 @@ def test_frames_encoded_with_numpy_are_pymongos_documents(confidence, occluded):
     assert len(ids) == len(set(ids)) == sum(len(d["keypoints"]) for d in slow.values())
 
 
+@pytest.mark.parametrize("with_sources", [False, True])
+def test_store_in_parts_equals_one_store(dataset, with_sources):
+    """A sample stored in parts (begin, frame parts from two processes at once in reverse
+    order, end), over an older result, holds what one store writes."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from pointtrack.fiftyone.labels import _result, _write, _write_begin, _write_result
+
+    first, second = dataset.take(2, seed=1)
+    tracks = random_tracks(T=9, N=30, seed=4)
+    sources = (ptf.Sources(label=["a", "b", "c"] * 10, id=["x"] * 30, index=np.arange(30))
+               if with_sources else None)
+    ptf.prepare_fields(dataset, "tracks")
+    _write(dataset, first.id, tracks, "tracks", sources=sources)
+    ptf.add_tracks(second, random_tracks(T=12, N=5, seed=5))  # stale: longer, other points
+    _write_begin(dataset, second.id, "tracks")
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        parts = [pool.submit(_write_part, dataset.name, second.id, tracks, sources, k)
+                 for k in (2, 1, 0)]
+        [p.result() for p in parts]
+    _write_result(dataset, second.id, "tracks",
+                  _result(dataset, second.id, tracks, "tracks", sources, None))
+    dataset.reload()
+    one, parted = dataset[first.id], dataset[second.id]
+    assert ptf.tracks_from_sample(parted).equals(ptf.tracks_from_sample(one))
+    labels = [{fn: [(kp.index, kp.points, kp.confidence, kp.label) for kp in frame]
+               for fn, frame in frame_keypoints(s).items()} for s in (one, parted)]
+    assert labels[0] == labels[1] and len(labels[1]) == 9  # the stale frames 10-12 cleared
+    assert (ptf.sources_from_sample(parted) is None) == (not with_sources)
+
+
+def _write_part(name, sample_id, tracks, sources, part):
+    from pointtrack.fiftyone.labels import _write_frames
+
+    rows = np.array_split(np.arange(tracks.num_frames), 3)[part]
+    _write_frames(ptf.load_dataset(name), sample_id, tracks, "tracks", sources=sources,
+                  rows=rows)
+
+
 def test_include_occluded_and_rewrite_leaves_nothing_stale(dataset):
     sample = dataset.first()
     ptf.add_tracks(sample.id, random_tracks(T=9, N=30, seed=1), dataset=dataset,

@@ -74,15 +74,23 @@ def assert_same_run(ds, field: str, reference: str) -> None:
     assert len(ids) == len(set(ids))  # no keypoint stored twice
 
 
-def test_pipelined_matches_sequential(dataset):
+def test_pipelined_matches_sequential(dataset, monkeypatch):
+    from pointtrack.fiftyone.run import SampleWork
+
     lk = load_tracker("lk")
     seq = ptf.track_dataset(dataset, lk, "seq", grid_size=4, every=2, backend="sequential",
                             progress=False)
     assert len(seq.done) == NUM_VIDEOS and len(seq.failed) == 1
     assert "broken.mp4" in next(iter(seq.failed.values()))
-    # Stores in a spawned process, as on a GPU machine, and on a thread, as on CPU.
-    for field, procs in (("pipe", 1), ("pipe_thread", 0)):
+    parted = []  # the stores that ended in this process: those split over the store processes
+    end = SampleWork.store_end
+    monkeypatch.setattr(SampleWork, "store_end",
+                        lambda self, job, result: (parted.append(job.key), end(self, job, result)))
+    # Stores in a spawned process, as on a GPU machine, on a thread, as on CPU, and in two
+    # processes, which share the last video's store.
+    for field, procs in (("pipe", 1), ("pipe_thread", 0), ("pipe_parts", 2)):
         outcomes = []
+        parted.clear()
         summary = ptf.track_dataset(
             dataset, lk, field, grid_size=4, every=2, progress=False,
             runner_options={"store_processes": procs, "loaders": 2,
@@ -98,6 +106,8 @@ def test_pipelined_matches_sequential(dataset):
                 t = o.times
                 assert t["claim"][0] <= t["claim"][1] <= t["load"][0] <= t["load"][1]
                 assert t["load"][1] <= t["track"][0] <= t["track"][1]
+        last = max((o for o in outcomes if o.status == "done"), key=lambda o: o.times["track"])
+        assert parted == ([last.job.key] if procs == 2 else [])
         assert_same_run(dataset, field, "seq")
 
 

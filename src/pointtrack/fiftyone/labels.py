@@ -109,6 +109,7 @@ def tracks_to_frames(
     include_occluded: bool = False,
     sources: Sources | None = None,
     raw: bool = False,
+    rows: np.ndarray | None = None,
 ) -> dict[int, Any]:
     """Per-frame keypoints of ``tracks``: ``{frame_number: fo.Keypoints}``.
 
@@ -120,6 +121,7 @@ def tracks_to_frames(
         raw: return the Mongo documents (dicts) instead of ``fo.Keypoints``; building them is
             ~10x faster than building label objects. (The bulk writer encodes tracks without
             sources to BSON directly, ~10x faster again, for the same documents.)
+        rows: only these rows of ``tracks`` (indices into ``frame_numbers``).
 
     Returns:
         a dict mapping 1-based frame numbers (source frame index + 1) to ``fo.Keypoints`` (or
@@ -130,11 +132,12 @@ def tracks_to_frames(
     norm, keep = _stored_points(tracks, include_occluded)
     conf = tracks.confidence
     labels = sources.label if sources is not None else None
-    oids = _object_ids(int(keep.sum()))
+    rows = np.arange(tracks.num_frames) if rows is None else np.asarray(rows)
+    oids = _object_ids(int(keep[rows].sum()))
     frames = {}
     start = 0
     with _gc_paused():  # hundreds of thousands of small dicts: skip pointless GC passes
-        for t, fn in enumerate(tracks.frame_numbers.tolist()):
+        for t, fn in zip(rows.tolist(), tracks.frame_numbers[rows].tolist(), strict=True):
             ids = np.flatnonzero(keep[t])
             x, y = norm[t, ids, 0].tolist(), norm[t, ids, 1].tolist()
             kps = [
@@ -281,14 +284,16 @@ class _KeypointsEncoder:
         return RawBSONDocument(struct.pack("<i", total) + self.head[4:] + array + b"\x00")
 
 
-def _frames_bson(tracks: Tracks, include_occluded: bool) -> dict[int, Any]:
+def _frames_bson(tracks: Tracks, include_occluded: bool,
+                 rows: np.ndarray | None = None) -> dict[int, Any]:
     """`tracks_to_frames` (no sources) as BSON documents, for the bulk writer."""
     norm, keep = _stored_points(tracks, include_occluded)
     conf = tracks.confidence
     encoder = _KeypointsEncoder(conf is not None, include_occluded)
-    oids = _object_id_bytes(int(keep.sum()))
+    rows = np.arange(tracks.num_frames) if rows is None else np.asarray(rows)
+    oids = _object_id_bytes(int(keep[rows].sum()))
     frames, start = {}, 0
-    for t, fn in enumerate(tracks.frame_numbers.tolist()):
+    for t, fn in zip(rows.tolist(), tracks.frame_numbers[rows].tolist(), strict=True):
         ids = np.flatnonzero(keep[t])
         n = len(ids)
         frames[fn + 1] = encoder.frame(
@@ -433,18 +438,44 @@ def _write(
     sources: Sources | None = None,
     settings: dict | None = None,
 ) -> None:
-    doc = tracks_to_doc(
-        tracks, sources=sources, settings=settings,
-        spill_path=_spill_path(dataset, sample_id, label_field),
-    )
+    """Store ``tracks`` on a sample: `_write_begin`, `_write_frames` for every row,
+    `_write_result`."""
+    doc = _result(dataset, sample_id, tracks, label_field, sources, settings)
+    _write_begin(dataset, sample_id, label_field)
+    _write_frames(dataset, sample_id, tracks, label_field, include_occluded=include_occluded,
+                  sources=sources)
+    _write_result(dataset, sample_id, label_field, doc)
+
+
+def _result(dataset: fo.Dataset, sample_id: str, tracks: Tracks, label_field: str,
+            sources: Sources | None, settings: dict | None) -> dict[str, Any]:
+    return tracks_to_doc(tracks, sources=sources, settings=settings,
+                         spill_path=_spill_path(dataset, sample_id, label_field))
+
+
+def _write_begin(dataset: fo.Dataset, sample_id: str, label_field: str) -> None:
+    """The first step of a store: the sample is "not done" and its old labels are gone."""
+    _clear(dataset, sample_id, label_field)
+
+
+def _write_frames(
+    dataset: fo.Dataset,
+    sample_id: str,
+    tracks: Tracks,
+    label_field: str,
+    *,
+    include_occluded: bool = False,
+    sources: Sources | None = None,
+    rows: np.ndarray | None = None,
+) -> None:
+    """The per-frame labels of ``rows`` (default all) of ``tracks``, in one bulk write (frames
+    that do not exist yet are created). Parts of one sample's rows may be written at once,
+    from several processes, between `_write_begin` and `_write_result`."""
     if sources is None:
-        frames = _frames_bson(tracks, include_occluded)
+        frames = _frames_bson(tracks, include_occluded, rows)
     else:  # labels of varying length: documents for pymongo to encode
         frames = tracks_to_frames(tracks, include_occluded=include_occluded, sources=sources,
-                                  raw=True)
-    _clear(dataset, sample_id, label_field)
-    # One bulk write for all frames of the sample (frames that do not exist yet are created),
-    # then the result, which marks the sample as done.
+                                  raw=True, rows=rows)
     dataset.set_values(
         f"frames.{label_field}",
         {sample_id: frames},
@@ -452,6 +483,11 @@ def _write(
         expand_schema=False,
         validate=False,
     )
+
+
+def _write_result(dataset: fo.Dataset, sample_id: str, label_field: str,
+                  doc: dict[str, Any]) -> None:
+    """The last step of a store: the result (`tracks_to_doc`), which marks the sample done."""
     dataset.set_values(
         result_field(label_field), {sample_id: doc}, key_field="id", expand_schema=False,
         validate=False,

@@ -38,7 +38,11 @@ from .labels import (
     DatasetError,
     _clear,
     _name,
+    _result,
     _write,
+    _write_begin,
+    _write_frames,
+    _write_result,
     error_field,
     prepare_fields,
     result_field,
@@ -236,6 +240,28 @@ class SampleWork:
             _write(self.dataset(), job.key, tracks, self.label_field,
                    include_occluded=self.include_occluded, sources=sources,
                    settings=self.settings)
+            self.claims.release(job.key)
+
+    # The same store in parts (`pointtrack.runners.PartedStore`): the run's store processes
+    # share the frames of its last videos.
+
+    def store_begin(self, job: Job) -> None:
+        with _database(self.dataset_name):
+            _write_begin(self.dataset(), job.key, self.label_field)
+
+    def store_part(self, job: Job, result: tuple, part: int, parts: int) -> None:
+        tracks, sources = result
+        rows = np.array_split(np.arange(tracks.num_frames), parts)[part]
+        with _database(self.dataset_name):
+            _write_frames(self.dataset(), job.key, tracks, self.label_field,
+                          include_occluded=self.include_occluded, sources=sources, rows=rows)
+
+    def store_end(self, job: Job, result: tuple) -> None:
+        tracks, sources = result
+        with _database(self.dataset_name):
+            dataset = self.dataset()
+            doc = _result(dataset, job.key, tracks, self.label_field, sources, self.settings)
+            _write_result(dataset, job.key, self.label_field, doc)
             self.claims.release(job.key)
 
     def fail(self, job: Job, message: str) -> None:

@@ -84,6 +84,20 @@ class Work(Protocol):
     def fail(self, job: Job, message: str) -> None: ...
 
 
+class PartedStore(Protocol):
+    """Optional for a `Work`: its store in steps that together do what ``store`` does:
+    ``store_begin``, then every ``store_part(job, result, k, parts)`` at once, in any order
+    and process, then ``store_end``. `run_local` splits the stores of a run's last videos
+    over its store processes: nothing is left for those stores to overlap, so the run waits
+    for them."""
+
+    def store_begin(self, job: Job) -> None: ...
+
+    def store_part(self, job: Job, result: Any, part: int, parts: int) -> None: ...
+
+    def store_end(self, job: Job, result: Any) -> None: ...
+
+
 OnOutcome = Callable[[Outcome], None]
 
 
@@ -112,6 +126,26 @@ def _clocked(fn: Callable, *args) -> tuple[Any, float, tuple[float, float]]:
 
 def _stored(work: Work, job: Job, result: Any) -> float:
     return _timed(work.store, job, result)[1]
+
+
+def _stored_in_parts(work: PartedStore, job: Job, result: Any, pool: Executor,
+                     parts: int) -> Future:
+    """`PartedStore`: the begin and end steps here, the parts in ``pool``; the store's
+    seconds (or its error) as a finished future."""
+    stored: Future = Future()
+    t = time.perf_counter()
+    try:
+        work.store_begin(job)
+        futures = [pool.submit(work.store_part, job, result, k, parts) for k in range(parts)]
+        concurrent.futures.wait(futures)  # all of them, even after an error: nothing late
+        for future in futures:
+            future.result()
+        work.store_end(job, result)
+    except Exception as e:  # noqa: BLE001 -- the runner records it as the store's error
+        stored.set_exception(e)
+    else:
+        stored.set_result(time.perf_counter() - t)
+    return stored
 
 
 class _Run:
@@ -470,8 +504,9 @@ def run_local(
     """The three stages at once: ``loaders`` decode ahead of the tracker, at most
     ``loaders + prefetch`` loaded videos wait in memory; this thread tracks; stores run
     behind on a thread (``store_processes=0``) or in that many spawned processes (default:
-    `default_store_processes`), with at most eight per store worker waiting. Results are
-    identical to `run_sequential`.
+    `default_store_processes`), with at most eight per store worker waiting; the run's last
+    videos, which nothing is left to overlap, are stored in parts by all the store processes
+    at once where ``work`` is a `PartedStore`. Results are identical to `run_sequential`.
 
     Loaders are threads (claims, prompts); with ``loader_processes`` (default:
     `default_loader_processes`) each has a spawned process that decodes for it
@@ -546,9 +581,13 @@ def _pipeline(
         # job, seconds, store, times, loader
         stores: deque[tuple[Job, dict, Future, dict, int]] = deque()
 
+        listed_all: list[bool] = []  # every job has been handed to a loader
+
         def load_next(here: bool = False) -> None:
             job = next(todo, None)
-            if job is not None:
+            if job is None:
+                listed_all.append(True)
+            else:
                 loads.append((job, load_pool.submit(_claimed_load, work, job, here)))
 
         def next_loaded() -> tuple[Job, Future] | None:
@@ -612,7 +651,13 @@ def _pipeline(
                         continue
                     finally:
                         del loaded
-                    stored = store_pool.submit(_stored, work, job, result)
+                    with lock:
+                        last = bool(listed_all) and not loads  # the run's last videos
+                    if last and parted:
+                        stored = _stored_in_parts(work, job, result, store_pool,
+                                                  store_processes)
+                    else:
+                        stored = store_pool.submit(_stored, work, job, result)
                     del result
                     with lock:
                         stores.append((job, {"load": t_load, "track": t_track}, stored,
@@ -628,6 +673,9 @@ def _pipeline(
         # session 8). The first tracker to get its video queues the rest. The helper
         # processes are spawned meanwhile: the first track waits for a decode, not for them.
         queued = loaders + prefetch + len(trackers) - 1  # loads waiting, once under way
+        parted = store_processes > 1 and all(
+            callable(getattr(work, step, None)) for step in ("store_begin", "store_part",
+                                                             "store_end"))
         with lock:
             for _ in trackers:
                 load_next(here=True)
@@ -654,6 +702,7 @@ __all__ = [
     "Job",
     "OnOutcome",
     "Outcome",
+    "PartedStore",
     "RunAborted",
     "Work",
     "default_loader_processes",
