@@ -529,6 +529,22 @@ def test_ray_slow_decode_holds_back_only_its_own_job(ray_cluster, tmp_path):
     assert time.time() - started < 25  # the gate opened: nothing waited for the slow decode
 
 
+def test_ray_workers_warmed_before_a_run(ray_cluster, tmp_path, monkeypatch):
+    """A run first has as many Ray workers as its loads and stores need at once import
+    what they need, each in a process of its own; once per cluster and driver."""
+    import ray.cloudpickle
+
+    from pointtrack.runners import ray as pt_ray
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers can't import tests
+    monkeypatch.setattr(pt_ray, "_warmed", {})  # earlier runs on this cluster warmed some
+    work = ray_cluster.put(GatedWork(str(tmp_path)))
+    pids = pt_ray._warm_workers(ray_cluster, work, 3)
+    assert len(pids) == 3 and os.getpid() not in pids
+    assert pt_ray._warm_workers(ray_cluster, work, 3) == set()  # already warm
+    assert pt_ray._warm_workers(ray_cluster, work, 2) == set()
+
+
 def test_ray_run_says_what_it_waits_for(ray_cluster, dataset, monkeypatch, caplog):
     import ray.cloudpickle
 

@@ -87,6 +87,58 @@ def _store(work: Work, job: Job, result: Any) -> tuple[float, tuple[float, float
     return seconds, span
 
 
+class _Arrivals:
+    """Counts the warm-up tasks that have started (`_warm_workers`)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def arrive(self) -> int:
+        self.count += 1
+        return self.count
+
+    def arrived(self) -> int:
+        return self.count
+
+
+def _warm(work: Work, arrivals: Any, expected: int, deadline: float) -> int:
+    """A warm-up task: unpickling ``work`` imports what loads and stores need; it then holds
+    its worker until ``expected`` such tasks run at once (or ``deadline``), so that each has
+    a worker of its own."""
+    import ray
+
+    ray.get(arrivals.arrive.remote())
+    while ray.get(arrivals.arrived.remote()) < expected and time.time() < deadline:
+        time.sleep(0.02)
+    return os.getpid()
+
+
+#: Workers warmed per cluster and job: (GCS address, job id) -> count.
+_warmed: dict[tuple, int] = {}
+#: Seconds the warm-up waits for the workers to start, at most.
+WARM_S = 120.0
+
+
+def _warm_workers(ray, work_ref: Any, count: int) -> set[int]:
+    """Make sure ``count`` Ray workers of this job have imported what a load or a store
+    needs, before the run submits any (their pids; none if this process did so before).
+    Ray starts a worker when a task finds none idle, and
+    one that must import FiftyOne and PyTorch to unpickle the work took 6-9 s on a busy
+    H200 host: loads queued behind such starts left the tracker actor idle."""
+    context = ray.get_runtime_context()
+    key = (context.gcs_address, context.get_job_id())
+    if _warmed.get(key, 0) >= count:
+        return set()
+    arrivals = ray.remote(num_cpus=0)(_Arrivals).remote()
+    warm = ray.remote(num_cpus=1, max_retries=0)(_warm)
+    deadline = time.time() + WARM_S
+    pids = ray.get([warm.remote(work_ref, arrivals, count, deadline) for _ in range(count)])
+    ray.kill(arrivals)
+    _warmed[key] = count
+    logger.debug("ray: %d workers warm (%d processes)", count, len(set(pids)))
+    return set(pids)
+
+
 class _TrackerActor:
     """Holds one loaded tracker; runs `Work.track` for any run that sends it jobs."""
 
@@ -197,11 +249,14 @@ def run_ray(
     # The spec must outlive the run: a killed actor is rebuilt from it.
     spec, actors = _actors(ray, tracker, num_actors, num_gpus, keep_actors)
     work_ref = ray.put(work)
+    # Decoded ahead, at most `decoding` jobs decoding or decoded and not yet with an actor.
+    decoding = num_actors * (1 + prefetch)
+    max_stores = max_stores or 4 * num_actors
+    free_cpus = int(resources.get("CPU", 0)) - num_actors
+    _warm_workers(ray, work_ref, max(1, min(decoding + max_stores, free_cpus)))
 
     run = _Run(work, on_outcome)
     todo = deque(jobs)
-    # Decoded ahead, at most `decoding` jobs decoding or decoded and not yet with an actor.
-    decoding = num_actors * (1 + prefetch)
     loading: dict[Any, tuple[Job, float]] = {}  # load ref -> job, when submitted
     loaded: deque[tuple[Job, Any, float]] = deque()  # decoded: job, load ref, when submitted
     queued = [0] * num_actors  # jobs each actor holds
@@ -209,7 +264,6 @@ def run_ray(
     tracking: dict[Any, tuple[Job, int, Any, float]] = {}
     storing: dict[Any, tuple[Job, dict]] = {}  # store ref -> job, meta
     waiting: deque[tuple[Job, Any, dict]] = deque()  # tracked, for a store slot: job, result, meta
-    max_stores = max_stores or 4 * num_actors
 
     def store_next(job: Job, result: Any, meta: dict) -> None:
         if len(storing) < max_stores:
