@@ -306,11 +306,14 @@ def _frames_bson(tracks: Tracks, include_occluded: bool,
 
 
 def _serialize(array: np.ndarray) -> bytes:
-    """FiftyOne's ``ArrayField`` encoding (zlib-compressed ``.npy``), at the fastest level:
-    float positions hardly compress, and level 6 costs ~10x the time for a few percent."""
+    """FiftyOne's ``ArrayField`` encoding (a zlib stream of the ``.npy``). Float arrays are
+    stored (level 0): positions and probabilities shrink by only 10-15% at level 1, which
+    took 0.12 s of a 0.8 s store of 140 frames x 2,500 points on this project's VM (and
+    reading them back 5x longer). Flags and integers compress well, and cheaply."""
+    array = np.asarray(array)
     with io.BytesIO() as f:
-        np.save(f, np.asarray(array), allow_pickle=False)
-        return zlib.compress(f.getvalue(), 1)
+        np.save(f, array, allow_pickle=False)
+        return zlib.compress(f.getvalue(), 0 if array.dtype.kind in "fc" else 1)
 
 
 def tracks_to_doc(
