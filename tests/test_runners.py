@@ -139,6 +139,33 @@ class GatedWork:
         raise AssertionError(f"{job.key} failed: {message}")
 
 
+def test_run_order_cheapest_first_then_costliest():
+    from pointtrack.runners import Job, run_order
+
+    jobs = [Job("a", "a", 5), Job("b", "b", None), Job("c", "c", 9), Job("d", "d", 2),
+            Job("e", "e", 9), Job("f", "f", None)]
+    assert [j.key for j in run_order(jobs)] == ["d", "b", "f", "c", "e", "a"]
+    unknown = [Job("x", "x"), Job("y", "y")]
+    assert run_order(unknown) == unknown
+
+
+def test_pipelined_run_takes_the_shortest_video_first_then_the_longest(dataset):
+    """Jobs carry their frame counts from the samples' metadata: the run tracks the shortest
+    video first, the one without metadata (the broken file) next, then longest first."""
+    outcomes = []
+    ptf.track_dataset(dataset, load_tracker("lk"), grid_size=3, progress=False,
+                      on_outcome=outcomes.append,
+                      runner_options={"loaders": 1, "prefetch": 0, "store_processes": 0,
+                                      "loader_processes": False})
+    done = sorted((o for o in outcomes if o.status == "done"), key=lambda o: o.times["track"])
+    names = [Path(o.job.path).name for o in done]
+    # clip{i} has T + i frames
+    assert names == ["clip0.mp4", *(f"clip{i}.mp4" for i in range(NUM_VIDEOS - 1, 0, -1))]
+    assert [o.job.cost for o in done] == [T, *range(T + NUM_VIDEOS - 1, T, -1)]
+    broken = next(o for o in outcomes if o.status == "failed")
+    assert broken.job.cost is None and outcomes.index(broken) <= 1
+
+
 def decoding_processes() -> list:
     import psutil
 

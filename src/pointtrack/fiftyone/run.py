@@ -273,6 +273,17 @@ class SampleWork:
             self.claims.release(job.key)
 
 
+def _frames_to_track(length: int | None, rate: float | None, sampling: dict) -> float | None:
+    """About how many frames of a video the run tracks, from its metadata (the job's cost,
+    which orders the pipelined runs: `pointtrack.runners.run_order`); None if unknown."""
+    if not length:
+        return None
+    try:
+        return float(count_kept(length, rate or 0.0, **sampling))
+    except ValueError:  # sampling the video cannot satisfy: its load says so
+        return None
+
+
 @contextlib.contextmanager
 def _database(dataset_name: str):
     """Turns a lost database connection into `RunAborted`: no later sample could be stored,
@@ -392,15 +403,18 @@ def track_dataset(
         streams=first.streams and not backward_tracking,
         stream_late_queries=first.stream_late_queries,
     )
-    ids, paths, done = samples.values(["id", "filepath", f"{result_field(label_field)}.num_frames"])
+    ids, paths, done, lengths, rates = samples.values(
+        ["id", "filepath", f"{result_field(label_field)}.num_frames",
+         "metadata.total_frame_count", "metadata.frame_rate"])
     summary = TrackSummary(label_field)
     # Done samples are skipped here at once; `SampleWork.claim` checks again, after claiming.
     jobs = []
-    for sample_id, path, is_done in zip(ids, paths, done, strict=True):
+    for sample_id, path, is_done, length, rate in zip(ids, paths, done, lengths, rates,
+                                                       strict=True):
         if is_done is not None and not overwrite:
             summary.skipped.append(sample_id)
         else:
-            jobs.append(Job(sample_id, path))
+            jobs.append(Job(sample_id, path, _frames_to_track(length, rate, work.sampling)))
 
     from tqdm.auto import tqdm
 

@@ -42,10 +42,25 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Job:
-    """One video to track: ``key`` names it to the `Work` (a sample id), ``path`` is its file."""
+    """One video to track: ``key`` names it to the `Work` (a sample id), ``path`` is its file;
+    ``cost``, where known, how much work it is (its frames to track), for `run_order`."""
 
     key: str
     path: str
+    cost: float | None = None
+
+
+def run_order(jobs: Iterable[Job]) -> list[Job]:
+    """The order in which `run_local` and `run_ray` take ``jobs``, where their ``cost`` is
+    known: the cheapest first, since the GPU waits for its decode alone; then the costliest
+    first (longest processing time first: trackers sharing the jobs end together, and the
+    run ends on a cheap store, which nothing is left to overlap). Jobs of unknown cost come
+    right after the first, in their order; ties keep theirs."""
+    jobs = list(jobs)
+    known = sorted((job for job in jobs if job.cost is not None), key=lambda job: -job.cost)
+    if not known:
+        return jobs
+    return [known[-1], *(job for job in jobs if job.cost is None), *known[:-1]]
 
 
 @dataclass
@@ -506,7 +521,8 @@ def run_local(
     behind on a thread (``store_processes=0``) or in that many spawned processes (default:
     `default_store_processes`), with at most eight per store worker waiting; the run's last
     videos, which nothing is left to overlap, are stored in parts by all the store processes
-    at once where ``work`` is a `PartedStore`. Results are identical to `run_sequential`.
+    at once where ``work`` is a `PartedStore`. Results are identical to `run_sequential`;
+    jobs are taken in `run_order`.
 
     Loaders are threads (claims, prompts); with ``loader_processes`` (default:
     `default_loader_processes`) each has a spawned process that decodes for it
@@ -522,6 +538,7 @@ def run_local(
     its own in this process.
     """
     trackers = list(tracker) if isinstance(tracker, list | tuple) else [tracker]
+    jobs = run_order(jobs)
     run = _Run(work, on_outcome)
     if store_processes is None:
         store_processes = default_store_processes(trackers[0])
@@ -710,5 +727,6 @@ __all__ = [
     "error_message",
     "read_clip_offloaded",
     "run_local",
+    "run_order",
     "run_sequential",
 ]

@@ -33,6 +33,7 @@ from . import (
     _lower_priority,
     _Run,
     error_message,
+    run_order,
 )
 from .processes import build_tracker, tracker_spec
 
@@ -256,7 +257,7 @@ def run_ray(
     _warm_workers(ray, work_ref, max(1, min(decoding + max_stores, free_cpus)))
 
     run = _Run(work, on_outcome)
-    todo = deque(jobs)
+    todo = deque(run_order(jobs))
     loading: dict[Any, tuple[Job, float]] = {}  # load ref -> job, when submitted
     loaded: deque[tuple[Job, Any, float]] = deque()  # decoded: job, load ref, when submitted
     queued = [0] * num_actors  # jobs each actor holds
