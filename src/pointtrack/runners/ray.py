@@ -117,15 +117,15 @@ def _warm(work: Work, arrivals: Any, expected: int, deadline: float) -> int:
 #: Workers warmed per cluster and job: (GCS address, job id) -> count.
 _warmed: dict[tuple, int] = {}
 #: Seconds the warm-up waits for the workers to start, at most.
-WARM_S = 120.0
+WARM_S = 30.0
 
 
 def _warm_workers(ray, work_ref: Any, count: int) -> set[int]:
     """Make sure ``count`` Ray workers of this job have imported what a load or a store
     needs, before the run submits any (their pids; none if this process did so before).
-    Ray starts a worker when a task finds none idle, and
-    one that must import FiftyOne and PyTorch to unpickle the work took 6-9 s on a busy
-    H200 host: loads queued behind such starts left the tracker actor idle."""
+    Ray starts a worker when a task finds none idle, and one that must import FiftyOne and
+    PyTorch to unpickle the work took 6-9 s on a busy H200 host: loads queued behind such
+    starts left the tracker actor idle. Best effort: after `WARM_S` the run goes on."""
     context = ray.get_runtime_context()
     key = (context.gcs_address, context.get_job_id())
     if _warmed.get(key, 0) >= count:
@@ -253,7 +253,9 @@ def run_ray(
     # Decoded ahead, at most `decoding` jobs decoding or decoded and not yet with an actor.
     decoding = num_actors * (1 + prefetch)
     max_stores = max_stores or 4 * num_actors
-    free_cpus = int(resources.get("CPU", 0)) - num_actors
+    # As many as can run at once beside the actors (other jobs may hold CPUs too).
+    free_cpus = min(int(resources.get("CPU", 0)) - num_actors,
+                    int(ray.available_resources().get("CPU", 0)))
     _warm_workers(ray, work_ref, max(1, min(decoding + max_stores, free_cpus)))
 
     run = _Run(work, on_outcome)
