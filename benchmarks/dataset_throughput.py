@@ -446,6 +446,7 @@ def main() -> None:
             "gpu_only_first_pass_s": float(np.sum(first_s)),
             "gpu_only_busy_nvml": gpu_only_monitor.busy,
             "model_s": model_s,
+            "model_s_videos": [Path(p).name for p in paths],  # the video of each model_s
             "rows": results,
             "ratios": ratios,
             "table": table,
@@ -528,7 +529,8 @@ def main() -> None:
                             reported=reported, timeline=timeline, t0=row_start) -> None:
                         reported.append(time.time())
                         loaders.append(outcome.loader)
-                        timeline.append({"loader": outcome.loader, "worker": outcome.worker,
+                        timeline.append({"video": Path(outcome.job.path).name,
+                                         "loader": outcome.loader, "worker": outcome.worker,
                                          **{k: [round(v - t0, 3) for v in span]
                                             for k, span in outcome.times.items()},
                                          "reported": round(reported[-1] - t0, 3)})
