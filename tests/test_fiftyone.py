@@ -187,7 +187,7 @@ def test_store_in_parts_equals_one_store(dataset, with_sources):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from pointtrack.fiftyone.labels import _result, _write, _write_begin, _write_result
+    from pointtrack.fiftyone.labels import _clear, _result, _write, _write_result
 
     first, second = dataset.take(2, seed=1)
     tracks = random_tracks(T=9, N=30, seed=4)
@@ -196,7 +196,7 @@ def test_store_in_parts_equals_one_store(dataset, with_sources):
     ptf.prepare_fields(dataset, "tracks")
     _write(dataset, first.id, tracks, "tracks", sources=sources)
     ptf.add_tracks(second, random_tracks(T=12, N=5, seed=5))  # stale: longer, other points
-    _write_begin(dataset, second.id, "tracks")
+    _clear(dataset, second.id, "tracks")
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
         parts = [pool.submit(_write_part, dataset.name, second.id, tracks, sources, k)
                  for k in (2, 1, 0)]

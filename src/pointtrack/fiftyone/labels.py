@@ -441,10 +441,10 @@ def _write(
     sources: Sources | None = None,
     settings: dict | None = None,
 ) -> None:
-    """Store ``tracks`` on a sample: `_write_begin`, `_write_frames` for every row,
+    """Store ``tracks`` on a sample: `_clear`, `_write_frames` for every row,
     `_write_result`."""
     doc = _result(dataset, sample_id, tracks, label_field, sources, settings)
-    _write_begin(dataset, sample_id, label_field)
+    _clear(dataset, sample_id, label_field)
     _write_frames(dataset, sample_id, tracks, label_field, include_occluded=include_occluded,
                   sources=sources)
     _write_result(dataset, sample_id, label_field, doc)
@@ -454,11 +454,6 @@ def _result(dataset: fo.Dataset, sample_id: str, tracks: Tracks, label_field: st
             sources: Sources | None, settings: dict | None) -> dict[str, Any]:
     return tracks_to_doc(tracks, sources=sources, settings=settings,
                          spill_path=_spill_path(dataset, sample_id, label_field))
-
-
-def _write_begin(dataset: fo.Dataset, sample_id: str, label_field: str) -> None:
-    """The first step of a store: the sample is "not done" and its old labels are gone."""
-    _clear(dataset, sample_id, label_field)
 
 
 def _write_frames(
@@ -473,7 +468,7 @@ def _write_frames(
 ) -> None:
     """The per-frame labels of ``rows`` (default all) of ``tracks``, in one bulk write (frames
     that do not exist yet are created). Parts of one sample's rows may be written at once,
-    from several processes, between `_write_begin` and `_write_result`."""
+    from several processes, between `_clear` and `_write_result`."""
     if sources is None:
         frames = _frames_bson(tracks, include_occluded, rows)
     else:  # labels of varying length: documents for pymongo to encode

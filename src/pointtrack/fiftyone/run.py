@@ -40,7 +40,6 @@ from .labels import (
     _name,
     _result,
     _write,
-    _write_begin,
     _write_frames,
     _write_result,
     error_field,
@@ -247,7 +246,7 @@ class SampleWork:
 
     def store_begin(self, job: Job) -> None:
         with _database(self.dataset_name):
-            _write_begin(self.dataset(), job.key, self.label_field)
+            _clear(self.dataset(), job.key, self.label_field)
 
     def store_part(self, job: Job, result: tuple, part: int, parts: int) -> None:
         tracks, sources = result
