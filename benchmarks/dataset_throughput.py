@@ -104,20 +104,17 @@ def cut_footage(source: Path, folder: Path, frames: tuple[int, int],
                 size: tuple[int, int]) -> list[str]:
     """``source`` cut into consecutive clips of ``frames`` (min, max) frames, each fitted into
     ``size`` (aspect kept, black borders) and written as H.264 like the generated clips."""
-    import av
     import cv2
 
-    from pointtrack.video import write_video
+    from pointtrack.video import probe, read_clip, write_video
 
-    with av.open(str(source)) as container:
-        stream = container.streams.video[0]
-        fps = float(stream.average_rate or 30)
-        images = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
     W, H = size
-    h, w = images[0].shape[:2]
+    w, h = probe(source).size
     scale = min(W / w, H / h)
     nw, nh = round(w * scale) // 2 * 2, round(h * scale) // 2 * 2
     top, left = (H - nh) // 2, (W - nw) // 2
+    clip = read_clip(source, size=(nw, nh))  # resized as it is decoded
+    images, fps = clip.frames, clip.fps
     pieces = max(1, -(-len(images) // frames[1]))  # ceil: each piece at most the maximum
     bounds = np.linspace(0, len(images), pieces + 1).astype(int)
     paths = []
@@ -126,8 +123,7 @@ def cut_footage(source: Path, folder: Path, frames: tuple[int, int],
             continue
         path = folder / f"footage-{source.stem}-{k}.mp4"
         if not path.exists():
-            fitted = [cv2.copyMakeBorder(cv2.resize(im, (nw, nh), interpolation=cv2.INTER_AREA),
-                                         top, H - nh - top, left, W - nw - left,
+            fitted = [cv2.copyMakeBorder(im, top, H - nh - top, left, W - nw - left,
                                          cv2.BORDER_CONSTANT, value=(0, 0, 0))
                       for im in images[a:b]]
             write_video(path, fitted, fps=fps)
