@@ -8,6 +8,12 @@ memory), weights loaded. Reduced-precision rows also report how far their tracks
 fp32 ones (median and 95th percentile px, visibility agreement): the accuracy guard.
 
     python benchmarks/cpu.py --out benchmarks/results/cpu.json
+    python benchmarks/cpu.py --reference .ref/co-tracker  # + the official offline predictor
+
+With ``--reference`` (a local copy of the official repo, never committed) the official offline
+predictor runs first, in fp32 on the same frames and queries, and each offline row reports
+its speed-up over it (``vs_official``); the fp32 row also reports its distance from the
+official tracks.
 """
 
 from __future__ import annotations
@@ -45,9 +51,30 @@ def current_rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+class OfficialOffline:
+    """The official offline predictor from a local checkout (``--reference``), weights loaded
+    strictly, called as its demo does: a float video tensor and (t, x, y) queries. It adds
+    the same 6x6 support grid to queries as pointtrack does."""
+
+    def __init__(self, weights: dict, reference: str) -> None:
+        sys.path.insert(0, str(reference))
+        from cotracker.predictor import CoTrackerPredictor
+
+        self.predictor = CoTrackerPredictor(checkpoint=None, offline=True, window_len=60)
+        self.predictor.model.load_state_dict(weights, strict=True)
+
+    def track(self, video: np.ndarray, queries: np.ndarray) -> SimpleNamespace:
+        import torch
+
+        frames = torch.from_numpy(video).permute(0, 3, 1, 2)[None].float()
+        with torch.inference_mode():
+            xy, visible = self.predictor(frames, queries=torch.from_numpy(queries)[None].float())
+        return SimpleNamespace(xy=xy[0].numpy(), visible=visible[0].numpy())
+
+
 def child(engine: str, frames: int, points: int, repeats: int, precision: str,
-          save: str | None) -> dict:
-    """Runs in its own process: load, warm up on one frame, then time `track()`."""
+          save: str | None, reference: str | None = None) -> dict:
+    """Runs in its own process: load, warm up on two frames, then time `track()`."""
     import torch
 
     from pointtrack.models.cotracker3 import CoTracker3Offline, CoTracker3Online
@@ -57,14 +84,17 @@ def child(engine: str, frames: int, points: int, repeats: int, precision: str,
     model = CoTracker3Offline() if engine.endswith("offline") else CoTracker3Online()
     weights = synthetic_state_dict(model_shapes(model))
     del model
-    tracker = load_tracker(engine, checkpoint=weights, device="cpu", precision=precision)
-    del weights
     rng = np.random.default_rng(0)
     video = moving_texture(frames, rng)
     queries = np.column_stack(
         [rng.integers(0, frames, points), rng.uniform(0, 511, points), rng.uniform(0, 383, points)]
     )
-    tracker.track(video[:1], queries=queries[:1] * [0, 1, 1])  # loads the weights, warms up
+    if engine == "official-offline":
+        tracker = OfficialOffline(weights, reference)
+    else:
+        tracker = load_tracker(engine, checkpoint=weights, device="cpu", precision=precision)
+    del weights
+    tracker.track(video[:2], queries=queries[:1] * [0, 1, 1])  # loads the weights, warms up
     before = current_rss_mib()
     times = []
     for _ in range(repeats):
@@ -105,34 +135,48 @@ def main(argv=None) -> int:
     p.add_argument("--points", type=int, default=100)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/cpu.json")
+    p.add_argument("--reference", type=Path,
+                   help="local copy of the official co-tracker repo: adds its offline predictor "
+                        "(fp32) as a row, and each offline row's speed-up over it")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--save", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         print(json.dumps(child(args.child, args.frames, args.points, args.repeats,
-                               args.precision, args.save)))
+                               args.precision, args.save, args.reference)))
         return 0
 
     rows = []
+    runs = [(e, p) for e in args.engines.split(",") for p in args.precision.split(",")]
+    if args.reference:
+        runs.insert(0, ("official-offline", "fp32"))
     with tempfile.TemporaryDirectory() as tmp:
-        for engine in args.engines.split(","):
-            for precision in args.precision.split(","):
-                save = f"{tmp}/{engine}-{precision}.npz"
-                cmd = [sys.executable, __file__, "--child", engine, "--frames", str(args.frames),
-                       "--points", str(args.points), "--repeats", str(args.repeats),
-                       "--precision", precision, "--save", save]
-                done = subprocess.run(cmd, capture_output=True, text=True)
-                if done.returncode != 0:
-                    print(done.stderr, file=sys.stderr)
-                    return 1
-                row = json.loads(done.stdout.strip().splitlines()[-1])
-                reference = Path(f"{tmp}/{engine}-fp32.npz")
-                if precision != "fp32" and reference.exists():
-                    # Pixels of the 512x384 frames the engines were given.
-                    row.update(agreement(SimpleNamespace(**np.load(save)),
-                                         SimpleNamespace(**np.load(reference))))
-                rows.append(row)
-                print(_row(row), flush=True)
+        for engine, precision in runs:
+            save = f"{tmp}/{engine}-{precision}.npz"
+            cmd = [sys.executable, __file__, "--child", engine, "--frames", str(args.frames),
+                   "--points", str(args.points), "--repeats", str(args.repeats),
+                   "--precision", precision, "--save", save]
+            if args.reference:
+                cmd += ["--reference", str(args.reference)]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                print(done.stderr, file=sys.stderr)
+                return 1
+            row = json.loads(done.stdout.strip().splitlines()[-1])
+            reference = Path(f"{tmp}/{engine}-fp32.npz")
+            if precision != "fp32" and reference.exists():
+                # Pixels of the 512x384 frames the engines were given.
+                row.update(agreement(SimpleNamespace(**np.load(save)),
+                                     SimpleNamespace(**np.load(reference))))
+            official = next((r for r in rows if r["engine"] == "official-offline"), None)
+            if official and engine == "cotracker3-offline":
+                row["vs_official"] = official["seconds"] / row["seconds"]
+                if precision == "fp32":  # the parity path: how far from the official tracks
+                    drift = agreement(SimpleNamespace(**np.load(save)), SimpleNamespace(
+                        **np.load(f"{tmp}/official-offline-fp32.npz")))
+                    row.update({k.replace("fp32", "official"): v for k, v in drift.items()})
+            rows.append(row)
+            print(_row(row), flush=True)
 
     import torch
 
@@ -154,7 +198,7 @@ def main(argv=None) -> int:
           f"load average {meta['load_average'][0]:.1f}")
     print(f"{meta['cpu']}")
     print(f"{'engine':20} {'prec':5} {'frames':>6} {'points':>6} {'s':>8} {'fps':>6} "
-          f"{'peak RSS MiB':>12} {'vs fp32 px (med/p95)':>20} {'vis agree':>9}")
+          f"{'peak RSS MiB':>12} {'vs offic':>8} {'vs fp32 px (med/p95)':>20} {'vis agree':>9}")
     for row in rows:
         print(_row(row))
     print(f"wrote {args.out}")
@@ -180,9 +224,10 @@ def _row(row: dict) -> str:
     if "vs_fp32_median_px" in row:
         drift = (f" {row['vs_fp32_median_px']:9.3f}/{row['vs_fp32_p95_px']:<10.3f}"
                  f" {row['vs_fp32_visible_agree']:9.3f}")
+    speedup = f"{row['vs_official']:7.2f}x" if "vs_official" in row else f"{'':8}"
     return (f"{row['engine']:20} {row.get('precision', 'fp32'):5} {row['frames']:6d} "
             f"{row['points']:6d} {row['seconds']:8.2f} {row['fps']:6.2f} "
-            f"{row['peak_rss_mib']:12.0f}" + drift)
+            f"{row['peak_rss_mib']:12.0f} {speedup}" + drift)
 
 
 if __name__ == "__main__":

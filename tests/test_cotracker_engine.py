@@ -375,3 +375,89 @@ def test_kept_heap_changes_no_result_and_is_given_back(offline, monkeypatch):
     monkeypatch.setenv("POINTTRACK_KEEP_HEAP", "0")
     plain = offline.track(video, queries=queries)
     assert np.array_equal(kept.xy, plain.xy) and np.array_equal(kept.visible, plain.visible)
+
+
+# -- CPU fast paths: each is checked against an exact or fp32 reference ------------------------
+
+
+def test_patches_are_bilinear_samples_with_border_padding():
+    """`sample_patches` (whole-row gathers, then two lerps) equals grid_sample on every patch
+    pixel, inside the map and past its borders, for one and for two videos."""
+    import torch.nn.functional as F
+
+    from pointtrack.models.cotracker3 import sample_patches
+
+    g = torch.Generator().manual_seed(0)
+    B, T, H, W, C, r = 2, 3, 9, 11, 5, 2
+    fmaps = torch.randn(B, T, H, W, C, generator=g, dtype=torch.float64)
+    xy = torch.rand(B, 4, T, 2, generator=g, dtype=torch.float64) * torch.tensor([W + 6, H + 6]) - 3
+    frames = torch.arange(T).expand(B, 4, T)
+    offsets = torch.arange(-r, r + 1, dtype=torch.float64)
+    # (x slowest, then y), as the correlation MLP reads them
+    grid = torch.stack(torch.meshgrid(offsets, offsets, indexing="ij"), -1).reshape(-1, 2)
+    for b in (slice(0, 1), slice(0, 2)):
+        got = sample_patches(fmaps[b], xy[b], frames[b], r)  # (B, n, T, P*P, C)
+        points = xy[b][..., None, :] + grid  # (B, n, T, P*P, 2)
+        maps = fmaps[b].permute(0, 1, 4, 2, 3)  # (B, T, C, H, W)
+        norm = points / torch.tensor([W - 1, H - 1]) * 2 - 1
+        for t in range(T):
+            want = F.grid_sample(maps[:, t], norm[:, :, t], align_corners=True,
+                                 padding_mode="border")  # (B, C, n, P*P)
+            torch.testing.assert_close(got[:, :, t], want.permute(0, 2, 3, 1))
+
+
+def test_cpu_bf16_encoder_runs_channels_last_and_stays_near_fp32(monkeypatch):
+    """In bf16 on CPU the CNN keeps the channels-last layout (its norms run as group norms)
+    and lands as close to fp32 as the channels-first path; fp32 never takes that path."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from pointtrack.models import cotracker3 as m
+
+    torch.manual_seed(0)
+    encoder = m.FeatureEncoder().eval()
+    x = torch.rand(2, 3, 96, 128) * 2 - 1
+    with torch.inference_mode():
+        reference = encoder(x)
+        bf16 = copy.deepcopy(encoder).to(torch.bfloat16)
+        fast = bf16(x.bfloat16().contiguous(memory_format=torch.channels_last))
+        monkeypatch.setattr(m, "instance_norm", lambda norm, x: norm(x))
+        plain = bf16(x.bfloat16().contiguous())
+        monkeypatch.undo()
+        assert fast.is_contiguous(memory_format=torch.channels_last)
+        assert not plain.is_contiguous(memory_format=torch.channels_last)
+        err_fast = (fast.float() - reference).abs().mean() / reference.abs().mean()
+        err_plain = (plain.float() - reference).abs().mean() / reference.abs().mean()
+        assert err_fast < 0.05 and err_fast < 1.5 * err_plain
+
+        def no_group_norm(*args, **kwargs):
+            raise AssertionError("fp32 must keep PyTorch's instance norm")
+
+        monkeypatch.setattr(F, "group_norm", no_group_norm)
+        fp32 = encoder(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(fp32, reference, atol=1e-4, rtol=1e-4)
+
+
+def test_cpu_bf16_mlp_gelu_in_the_epilogue_is_nearer_fp32(monkeypatch):
+    """oneDNN's linear with the GELU in its epilogue (bf16 on CPU) is at least as close to
+    fp32 as the separate GELU; without the op, the separate GELU runs."""
+    from pointtrack.models import cotracker3 as m
+
+    if not m._onednn_linear_gelu():
+        pytest.skip("this PyTorch has no oneDNN linear with a GELU epilogue")
+    torch.manual_seed(0)
+    for approximate in ("none", "tanh"):
+        mlp = m.Mlp(64, 256, approximate=approximate).eval()
+        x = torch.randn(500, 64)
+        with torch.inference_mode():
+            reference = mlp.hidden(x)
+            mlp = mlp.to(torch.bfloat16)
+            fused = mlp.hidden(x.bfloat16())
+            monkeypatch.setattr(m, "_onednn_linear_gelu", lambda: False)
+            separate = mlp.hidden(x.bfloat16())
+            monkeypatch.undo()
+        err_fused = (fused.float() - reference).abs().mean()
+        err_separate = (separate.float() - reference).abs().mean()
+        assert not torch.equal(fused, separate)  # two paths really ran
+        assert err_fused <= err_separate * 1.05 and err_fused < 1e-2
