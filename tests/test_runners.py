@@ -450,7 +450,11 @@ def warm_processes(dataset, tracker, options) -> None:
 
 def test_tracking_processes_match_sequential(dataset, kept_processes):
     slow = SlowLK()  # 0.5 s a video: both processes get work
-    options = {"processes": 2, "keep_processes": True, "store_processes": 1}
+    # One video loading ahead per pipeline, so that six videos are shared between the two
+    # whenever the kept process asks. (A tracking process that ordered its feed with
+    # `run_order` took every job left at once: this caught it about every other run.)
+    options = {"processes": 2, "keep_processes": True, "store_processes": 1, "loaders": 1,
+               "prefetch": 0}
     warm_processes(dataset, slow, options)
     outcomes = []
     summary = ptf.track_dataset(dataset, slow, "procs", grid_size=3, runner_options=options,

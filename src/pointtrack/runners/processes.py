@@ -88,7 +88,7 @@ class _Link:
 def _serve(spec: Any, conn: Connection) -> None:
     """A tracking process: build the tracker, then run a local pipeline for each run the
     caller announces, taking jobs from it and reporting outcomes to it."""
-    from . import run_local
+    from . import _pipeline, _Run
 
     link = _Link(conn)
     try:
@@ -104,9 +104,11 @@ def _serve(spec: Any, conn: Connection) -> None:
                 work.memory_check = tracker.check_memory
             error = None
             try:
-                run_local(link.jobs(run), work, tracker,
-                          on_outcome=lambda o, run=run: link.send(("outcome", run, o)),
-                          **options)
+                # The pipeline itself, not `run_local`: the caller has put the jobs in
+                # `run_order` already, and ordering them here would take every job the
+                # caller has left at once (the feed is shared with the other pipelines).
+                report = _Run(work, lambda o, run=run: link.send(("outcome", run, o)))
+                _pipeline(link.jobs(run), work, [tracker], report, **options)
             except BaseException as e:  # noqa: BLE001 -- RunAborted: the caller stops the run
                 error = error_message(e)
             link.send(("end", run, error))
