@@ -440,8 +440,8 @@ def test_cpu_bf16_encoder_runs_channels_last_and_stays_near_fp32(monkeypatch):
 
 
 def test_cpu_bf16_mlp_gelu_in_the_epilogue_is_nearer_fp32(monkeypatch):
-    """oneDNN's linear with the GELU in its epilogue (bf16 on CPU) is at least as close to
-    fp32 as the separate GELU; without the op, the separate GELU runs."""
+    """oneDNN's linear with the GELU in its epilogue (bf16 on CPU, inference) is at least as
+    close to fp32 as the separate GELU; without the op, the separate GELU runs."""
     from pointtrack.models import cotracker3 as m
 
     if not m._onednn_linear_gelu():
@@ -461,3 +461,7 @@ def test_cpu_bf16_mlp_gelu_in_the_epilogue_is_nearer_fp32(monkeypatch):
         err_separate = (separate.float() - reference).abs().mean()
         assert not torch.equal(fused, separate)  # two paths really ran
         assert err_fused <= err_separate * 1.05 and err_fused < 1e-2
+    # With gradients on (fine-tuning), the differentiable path runs: the op has no gradient.
+    mlp = m.Mlp(64, 256, approximate="tanh").to(torch.bfloat16)
+    mlp.hidden(torch.randn(8, 64).bfloat16()).float().sum().backward()
+    assert mlp.fc1.weight.grad is not None and mlp.fc1.weight.grad.abs().sum() > 0
