@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from cpu import ENGINES, cpu_model, moving_texture
+from cpu import ENGINES, cpu_model, workload
 from gpu import agreement
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,12 +48,7 @@ def main(argv=None) -> int:
         fp32 = load_tracker(engine, checkpoint=weights, device="cpu")
         bf16 = load_tracker(engine, checkpoint=weights, device="cpu", precision="bf16")
         for seed in [int(s) for s in args.seeds.split(",")]:
-            rng = np.random.default_rng(seed)
-            video = moving_texture(args.frames, rng)
-            f = args.frames
-            queries = np.column_stack([rng.integers(0, f, args.points),
-                                       rng.uniform(0, 511, args.points),
-                                       rng.uniform(0, 383, args.points)])
+            video, queries = workload(args.frames, args.points, seed)
             row = {"engine": engine, "seed": seed,
                    **agreement(bf16.track(video, queries=queries),
                                fp32.track(video, queries=queries))}

@@ -84,11 +84,7 @@ def child(engine: str, frames: int, points: int, repeats: int, precision: str,
     model = CoTracker3Offline() if engine.endswith("offline") else CoTracker3Online()
     weights = synthetic_state_dict(model_shapes(model))
     del model
-    rng = np.random.default_rng(0)
-    video = moving_texture(frames, rng)
-    queries = np.column_stack(
-        [rng.integers(0, frames, points), rng.uniform(0, 511, points), rng.uniform(0, 383, points)]
-    )
+    video, queries = workload(frames, points)
     if engine == "official-offline":
         tracker = OfficialOffline(weights, reference)
     else:
@@ -116,6 +112,16 @@ def child(engine: str, frames: int, points: int, repeats: int, precision: str,
         "peak_rss_mib": rss_mib(),
         "threads": torch.get_num_threads(),
     }
+
+
+def workload(frames: int, points: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The clip ``(T, 384, 512, 3)`` and the queries ``(N, 3)`` (t, x, y) of one case."""
+    rng = np.random.default_rng(seed)
+    video = moving_texture(frames, rng)
+    queries = np.column_stack(
+        [rng.integers(0, frames, points), rng.uniform(0, 511, points), rng.uniform(0, 383, points)]
+    )
+    return video, queries
 
 
 def moving_texture(frames: int, rng) -> np.ndarray:
