@@ -189,26 +189,35 @@ def test_decoding_processes_match_sequential(dataset):
     assert sorted(summary.done) == sorted(seq.done) and summary.failed == seq.failed
     assert "broken.mp4" in next(iter(summary.failed.values()))
     loaders = [o.loader for o in outcomes if o.status == "done"]
-    # The first video may decode on a thread (before the processes are up); no other does.
-    assert loaders.count(os.getpid()) <= 1 and len(set(loaders) - {os.getpid()}) >= 1, loaders
+    # The first two videos decode on a loader thread (before the processes are up); no
+    # other does. (Here the second in the run order is the broken file.)
+    assert loaders.count(os.getpid()) <= 2 and len(set(loaders) - {os.getpid()}) >= 1, loaders
     assert_same_run(dataset, "pipe", "seq")
     assert not {n for n in set(os.listdir("/dev/shm")) - shm_before if n.startswith("psm_")}
 
 
-def test_only_the_first_video_decodes_beside_the_tracker(dataset, monkeypatch):
-    """With decoding processes, the first video decodes on a thread (nothing else runs yet);
-    every later one waits for the processes rather than decode in the tracking process."""
+def test_with_decoding_processes_two_videos_decode_here_before_tracking(dataset, monkeypatch):
+    """With decoding processes, the first two videos of the run order (the shortest, then the
+    longest) decode in the tracking process, and tracking starts once both are decoded: the
+    processes take longer to start than the first video takes to track. Every later video
+    waits for the processes rather than decode beside the tracker."""
     from pointtrack import runners
 
     monkeypatch.setattr(runners, "DECODERS_START_S", 120.0)  # a slow CI machine
+    dataset.delete_samples(dataset.match(F("filepath").ends_with("broken.mp4")))
     outcomes = []
     summary = ptf.track_dataset(dataset, load_tracker("lk"), "pipe", grid_size=3,
                                 progress=False, on_outcome=outcomes.append,
                                 runner_options={"store_processes": 0, "loaders": 2,
                                                 "loader_processes": True})
-    assert len(summary.done) == NUM_VIDEOS
-    loaders = [o.loader for o in outcomes if o.status == "done"]
-    assert None not in loaders and loaders.count(os.getpid()) <= 1, loaders
+    assert len(summary.done) == NUM_VIDEOS and not summary.failed
+    by_track = sorted(outcomes, key=lambda o: o.times["track"][0])
+    here = [o for o in by_track if o.loader == os.getpid()]
+    assert [Path(o.job.path).name for o in here] == ["clip0.mp4", f"clip{NUM_VIDEOS - 1}.mp4"]
+    assert by_track[:2] == here  # tracked first, in the run order
+    first_track = by_track[0].times["track"][0]
+    assert all(o.times["load"][1] <= first_track for o in here)
+    assert None not in (o.loader for o in by_track)
 
 
 def test_local_slow_decode_holds_back_only_its_own_job(tmp_path):

@@ -642,6 +642,8 @@ def _pipeline(
 
         def track_all(tracker: Tracker) -> None:
             try:
+                if decoders is not None:  # see `head` below
+                    concurrent.futures.wait(head_loads)
                 while (item := next_loaded()) is not None:
                     job, future = item
                     try:
@@ -684,18 +686,25 @@ def _pipeline(
                 with lock:
                     aborted.append(e)
 
-        # The first videos decode alone, one per tracker: the GPU waits for them. With every
-        # loader decoding at once, the first track started ~0.6 s after the jobs were listed
-        # on an H200 host, ~0.36 s with the first decode alone (`benchmarks/NOTES.md`,
-        # session 8). The first tracker to get its video queues the rest. The helper
-        # processes are spawned meanwhile: the first track waits for a decode, not for them.
+        # The first videos decode in this process before anything is tracked, one per
+        # tracker: the GPU waits for them. With every loader decoding at once, the first
+        # track started ~0.6 s after the jobs were listed on an H200 host, ~0.36 s with the
+        # first decode alone (`benchmarks/NOTES.md`, session 8). The helper processes are
+        # spawned meanwhile. Decoding processes take ~0.5 s to start and ~0.35 s to decode a
+        # video, longer than the first (shortest) video takes to track: the GPU then sat idle
+        # for 0.54 s (session 10). So with them, one more video (in `run_order`, the
+        # longest) decodes here too, and tracking starts once both are decoded (a decode
+        # beside the tracker slows it: session 7). The first tracker to get its video
+        # queues the rest.
         queued = loaders + prefetch + len(trackers) - 1  # loads waiting, once under way
         parted = store_processes > 1 and all(
             callable(getattr(work, step, None)) for step in ("store_begin", "store_part",
                                                              "store_end"))
+        head = len(trackers) + (decoders is not None)
         with lock:
-            for _ in trackers:
+            for _ in range(head):
                 load_next(here=True)
+            head_loads = [future for _, future in loads]
         if decoders is not None:
             decoders.start(loaders)
         store_pool = pools.enter_context(
