@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fiftyone import ViewField as F
-from test_fiftyone import T, textured_video
+from test_fiftyone import H, T, textured_video
 
 import pointtrack.fiftyone as ptf
 from pointtrack.cli import main
@@ -346,6 +346,77 @@ def test_two_concurrent_runs_track_each_sample_once(dataset, tmp_path):
     assert_same_run(dataset, "tracks", "ref")
 
 
+def _cotracker_checkpoint(tmp_path_factory) -> str:
+    """Synthetic offline CoTracker3 weights saved to a file (Ray workers load a path)."""
+    import torch
+
+    from pointtrack.models.cotracker3 import CoTracker3Offline
+    from pointtrack.models.weights import model_shapes, synthetic_state_dict
+
+    path = tmp_path_factory.mktemp("weights") / "synthetic_offline.pth"
+    torch.save(synthetic_state_dict(model_shapes(CoTracker3Offline()), seed=0), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def cotracker_checkpoint(tmp_path_factory) -> str:
+    return _cotracker_checkpoint(tmp_path_factory)
+
+
+def assert_cotracker_runs_agree(ds, field: str, reference: str) -> None:
+    """CoTracker3 tracks in ``field`` agree with ``reference`` within the parity tolerance
+    (0.01 px, probabilities 1e-3; visibility flags identical), and so do the per-frame
+    keypoints."""
+    ds.reload()
+    compared = 0
+    for sample in ds:  # a view: the samples of the run
+        assert sample[ptf.error_field(field)] == sample[ptf.error_field(reference)]
+        if sample[ptf.error_field(reference)] is not None:
+            continue
+        a = ptf.tracks_from_sample(sample, field)
+        b = ptf.tracks_from_sample(sample, reference)
+        assert a.tracker == b.tracker == "cotracker3-offline"
+        np.testing.assert_allclose(a.xy, b.xy, rtol=0, atol=1e-2)
+        np.testing.assert_array_equal(a.visible, b.visible)
+        np.testing.assert_array_equal(a.frame_numbers, b.frame_numbers)
+        compared += 1
+    assert compared >= 2
+    labels, ref = frame_labels(ds, field), frame_labels(ds, reference)
+    assert labels.keys() == ref.keys()
+    for path in ref:
+        assert labels[path].keys() == ref[path].keys()
+        for fn in ref[path]:
+            got, want = np.array(labels[path][fn], float), np.array(ref[path][fn], float)
+            assert got.shape == want.shape
+            np.testing.assert_array_equal(got[:, 0], want[:, 0])  # track ids
+            # x, y are normalised by the frame size (W > H); confidence as in parity
+            np.testing.assert_allclose(got[:, 1:3], want[:, 1:3], rtol=0, atol=1e-2 / H)
+            np.testing.assert_allclose(got[:, 3], want[:, 3], rtol=0, atol=1e-3)
+
+
+def cotracker_subset(dataset):
+    """Two short clips and the broken file: CoTracker3 on CPU costs seconds per clip."""
+    return dataset.match(F("filepath").ends_with(("/clip0.mp4", "/clip1.mp4", "/broken.mp4")))
+
+
+def test_pipelined_cotracker_matches_sequential(dataset, cotracker_checkpoint):
+    """Offline CoTracker3 through the GPU configuration of the pipelined runner (decoding
+    processes, frames through shared memory, store processes) stores what the sequential
+    runner stores, within the parity tolerance, and the same error for the broken file."""
+    view = cotracker_subset(dataset)
+    tracker = load_tracker("cotracker3-offline", checkpoint=cotracker_checkpoint)
+    seq = ptf.track_dataset(view, tracker, "seq", grid_size=3, max_frames=6,
+                            backend="sequential", progress=False)
+    assert len(seq.done) == 2 and len(seq.failed) == 1
+    outcomes = []
+    summary = ptf.track_dataset(view, tracker, "pipe", grid_size=3, max_frames=6,
+                                progress=False, on_outcome=outcomes.append,
+                                runner_options={"store_processes": 1, "loaders": 2,
+                                                "loader_processes": True})
+    assert sorted(summary.done) == sorted(seq.done) and summary.failed == seq.failed
+    assert_cotracker_runs_agree(view, "pipe", "seq")
+
+
 # -- Ray -------------------------------------------------------------------------------------
 
 
@@ -382,6 +453,22 @@ def test_ray_matches_sequential(ray_cluster, dataset):
     again = ptf.track_dataset(dataset, lk, "ray", grid_size=4, every=2, backend="ray",
                               progress=False)
     assert len(again.skipped) == NUM_VIDEOS and not again.done  # done samples are skipped
+
+
+def test_ray_cotracker_matches_sequential(ray_cluster, dataset, cotracker_checkpoint):
+    """Offline CoTracker3 in a Ray actor (the model loaded there from the checkpoint's path)
+    stores what the sequential runner stores, within the parity tolerance."""
+    view = cotracker_subset(dataset)
+    tracker = load_tracker("cotracker3-offline", checkpoint=cotracker_checkpoint)
+    seq = ptf.track_dataset(view, tracker, "seq", grid_size=3, max_frames=6,
+                            backend="sequential", progress=False)
+    outcomes = []
+    summary = ptf.track_dataset(view, tracker, "ray", grid_size=3, max_frames=6,
+                                backend="ray", runner_options={"num_actors": 1},
+                                on_outcome=outcomes.append, progress=False)
+    assert sorted(summary.done) == sorted(seq.done) and summary.failed == seq.failed
+    assert all(o.worker != os.getpid() for o in outcomes if o.status == "done")
+    assert_cotracker_runs_agree(view, "ray", "seq")
 
 
 def test_ray_actors_kept_across_runs(ray_cluster, dataset):
