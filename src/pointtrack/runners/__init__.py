@@ -693,9 +693,10 @@ def _pipeline(
         # spawned meanwhile. Decoding processes take ~0.5 s to start and ~0.35 s to decode a
         # video, longer than the first (shortest) video takes to track: the GPU then sat idle
         # for 0.54 s (session 10). So with them, one more video (in `run_order`, the
-        # longest) decodes here too, and tracking starts once both are decoded (a decode
-        # beside the tracker slows it: session 7). The first tracker to get its video
-        # queues the rest.
+        # longest) decodes here too, and tracking starts once both are decoded, not beside
+        # the second decode (a decode thread slows the tracking thread: session 7). Idle
+        # before and between tracks: 0.85 -> 0.63 s (session 11). The first tracker to get
+        # its video queues the rest.
         queued = loaders + prefetch + len(trackers) - 1  # loads waiting, once under way
         parted = store_processes > 1 and all(
             callable(getattr(work, step, None)) for step in ("store_begin", "store_part",
