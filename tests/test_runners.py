@@ -346,7 +346,8 @@ def test_two_concurrent_runs_track_each_sample_once(dataset, tmp_path):
     assert_same_run(dataset, "tracks", "ref")
 
 
-def _cotracker_checkpoint(tmp_path_factory) -> str:
+@pytest.fixture(scope="module")
+def cotracker_checkpoint(tmp_path_factory) -> str:
     """Synthetic offline CoTracker3 weights saved to a file (Ray workers load a path)."""
     import torch
 
@@ -356,11 +357,6 @@ def _cotracker_checkpoint(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("weights") / "synthetic_offline.pth"
     torch.save(synthetic_state_dict(model_shapes(CoTracker3Offline()), seed=0), path)
     return str(path)
-
-
-@pytest.fixture(scope="module")
-def cotracker_checkpoint(tmp_path_factory) -> str:
-    return _cotracker_checkpoint(tmp_path_factory)
 
 
 def assert_cotracker_runs_agree(ds, field: str, reference: str) -> None:
@@ -408,9 +404,8 @@ def test_pipelined_cotracker_matches_sequential(dataset, cotracker_checkpoint):
     seq = ptf.track_dataset(view, tracker, "seq", grid_size=3, max_frames=6,
                             backend="sequential", progress=False)
     assert len(seq.done) == 2 and len(seq.failed) == 1
-    outcomes = []
     summary = ptf.track_dataset(view, tracker, "pipe", grid_size=3, max_frames=6,
-                                progress=False, on_outcome=outcomes.append,
+                                progress=False,
                                 runner_options={"store_processes": 1, "loaders": 2,
                                                 "loader_processes": True})
     assert sorted(summary.done) == sorted(seq.done) and summary.failed == seq.failed
