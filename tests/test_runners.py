@@ -58,20 +58,46 @@ def frame_labels(ds, field: str) -> dict:
     return out
 
 
-def assert_same_run(ds, field: str, reference: str) -> None:
-    """``field`` holds exactly what ``reference`` holds: tracks, labels and errors."""
+def assert_same_run(ds, field: str, reference: str, parity: bool = False) -> list[str]:
+    """``field`` holds exactly what ``reference`` holds: tracks, labels and errors. With
+    ``parity`` (CoTracker3 runs), positions may differ by the parity tolerance (0.01 px) and
+    probabilities by 1e-3; visibility flags, track ids and frame numbers stay exact. Returns
+    the tracker names of the samples compared."""
     ds.reload()
+    trackers = []
     for sample in ds:
         ref_error, error = sample[ptf.error_field(reference)], sample[ptf.error_field(field)]
         assert error == ref_error
         if ref_error is not None:
             assert sample[ptf.result_field(field)] is None
             continue
-        assert ptf.tracks_from_sample(sample, field).equals(
-            ptf.tracks_from_sample(sample, reference))
-    assert frame_labels(ds, field) == frame_labels(ds, reference)
+        a = ptf.tracks_from_sample(sample, field)
+        b = ptf.tracks_from_sample(sample, reference)
+        if parity:
+            assert a.tracker == b.tracker
+            np.testing.assert_allclose(a.xy, b.xy, rtol=0, atol=1e-2)
+            np.testing.assert_array_equal(a.visible, b.visible)
+            np.testing.assert_array_equal(a.frame_numbers, b.frame_numbers)
+        else:
+            assert a.equals(b)
+        trackers.append(a.tracker)
+    labels, ref = frame_labels(ds, field), frame_labels(ds, reference)
+    if parity:
+        assert labels.keys() == ref.keys()
+        for path in ref:
+            assert labels[path].keys() == ref[path].keys()
+            for fn in ref[path]:
+                got, want = np.array(labels[path][fn], float), np.array(ref[path][fn], float)
+                assert got.shape == want.shape
+                np.testing.assert_array_equal(got[:, 0], want[:, 0])  # track ids
+                # x, y are normalised by the frame size (W > H); confidence as in parity
+                np.testing.assert_allclose(got[:, 1:3], want[:, 1:3], rtol=0, atol=1e-2 / H)
+                np.testing.assert_allclose(got[:, 3], want[:, 3], rtol=0, atol=1e-3)
+    else:
+        assert labels == ref
     ids = ds.values(f"frames.{field}.keypoints.id", unwind=True)
     assert len(ids) == len(set(ids))  # no keypoint stored twice
+    return trackers
 
 
 def test_pipelined_matches_sequential(dataset, monkeypatch):
@@ -359,37 +385,6 @@ def cotracker_checkpoint(tmp_path_factory) -> str:
     return str(path)
 
 
-def assert_cotracker_runs_agree(ds, field: str, reference: str) -> None:
-    """CoTracker3 tracks in ``field`` agree with ``reference`` within the parity tolerance
-    (0.01 px, probabilities 1e-3; visibility flags identical), and so do the per-frame
-    keypoints."""
-    ds.reload()
-    compared = 0
-    for sample in ds:  # a view: the samples of the run
-        assert sample[ptf.error_field(field)] == sample[ptf.error_field(reference)]
-        if sample[ptf.error_field(reference)] is not None:
-            continue
-        a = ptf.tracks_from_sample(sample, field)
-        b = ptf.tracks_from_sample(sample, reference)
-        assert a.tracker == b.tracker == "cotracker3-offline"
-        np.testing.assert_allclose(a.xy, b.xy, rtol=0, atol=1e-2)
-        np.testing.assert_array_equal(a.visible, b.visible)
-        np.testing.assert_array_equal(a.frame_numbers, b.frame_numbers)
-        compared += 1
-    assert compared >= 2
-    labels, ref = frame_labels(ds, field), frame_labels(ds, reference)
-    assert labels.keys() == ref.keys()
-    for path in ref:
-        assert labels[path].keys() == ref[path].keys()
-        for fn in ref[path]:
-            got, want = np.array(labels[path][fn], float), np.array(ref[path][fn], float)
-            assert got.shape == want.shape
-            np.testing.assert_array_equal(got[:, 0], want[:, 0])  # track ids
-            # x, y are normalised by the frame size (W > H); confidence as in parity
-            np.testing.assert_allclose(got[:, 1:3], want[:, 1:3], rtol=0, atol=1e-2 / H)
-            np.testing.assert_allclose(got[:, 3], want[:, 3], rtol=0, atol=1e-3)
-
-
 def cotracker_subset(dataset):
     """Two short clips and the broken file: CoTracker3 on CPU costs seconds per clip."""
     return dataset.match(F("filepath").ends_with(("/clip0.mp4", "/clip1.mp4", "/broken.mp4")))
@@ -409,7 +404,7 @@ def test_pipelined_cotracker_matches_sequential(dataset, cotracker_checkpoint):
                                 runner_options={"store_processes": 1, "loaders": 2,
                                                 "loader_processes": True})
     assert sorted(summary.done) == sorted(seq.done) and summary.failed == seq.failed
-    assert_cotracker_runs_agree(view, "pipe", "seq")
+    assert assert_same_run(view, "pipe", "seq", parity=True) == ["cotracker3-offline"] * 2
 
 
 # -- Ray -------------------------------------------------------------------------------------
@@ -463,7 +458,7 @@ def test_ray_cotracker_matches_sequential(ray_cluster, dataset, cotracker_checkp
                                 on_outcome=outcomes.append, progress=False)
     assert sorted(summary.done) == sorted(seq.done) and summary.failed == seq.failed
     assert all(o.worker != os.getpid() for o in outcomes if o.status == "done")
-    assert_cotracker_runs_agree(view, "ray", "seq")
+    assert assert_same_run(view, "ray", "seq", parity=True) == ["cotracker3-offline"] * 2
 
 
 def test_ray_actors_kept_across_runs(ray_cluster, dataset):
