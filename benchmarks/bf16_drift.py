@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from cpu import ENGINES, cpu_model, workload
+from cpu import ENGINES, cpu_model, synthetic_weights, workload
 from gpu import agreement
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,15 +36,12 @@ def main(argv=None) -> int:
 
     import torch
 
-    from pointtrack.models.cotracker3 import CoTracker3Offline, CoTracker3Online
-    from pointtrack.models.weights import model_shapes, synthetic_state_dict
     from pointtrack.trackers import load_tracker
     from pointtrack.tracks import atomic_path
 
     rows, summary = [], {}
     for engine in args.engines.split(","):
-        model = CoTracker3Offline() if engine.endswith("offline") else CoTracker3Online()
-        weights = synthetic_state_dict(model_shapes(model))
+        weights = synthetic_weights(engine)
         fp32 = load_tracker(engine, checkpoint=weights, device="cpu")
         bf16 = load_tracker(engine, checkpoint=weights, device="cpu", precision="bf16")
         for seed in [int(s) for s in args.seeds.split(",")]:

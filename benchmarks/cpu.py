@@ -77,13 +77,9 @@ def child(engine: str, frames: int, points: int, repeats: int, precision: str,
     """Runs in its own process: load, warm up on two frames, then time `track()`."""
     import torch
 
-    from pointtrack.models.cotracker3 import CoTracker3Offline, CoTracker3Online
-    from pointtrack.models.weights import model_shapes, synthetic_state_dict
     from pointtrack.trackers import load_tracker
 
-    model = CoTracker3Offline() if engine.endswith("offline") else CoTracker3Online()
-    weights = synthetic_state_dict(model_shapes(model))
-    del model
+    weights = synthetic_weights(engine)
     video, queries = workload(frames, points)
     if engine == "official-offline":
         tracker = OfficialOffline(weights, reference)
@@ -112,6 +108,15 @@ def child(engine: str, frames: int, points: int, repeats: int, precision: str,
         "peak_rss_mib": rss_mib(),
         "threads": torch.get_num_threads(),
     }
+
+
+def synthetic_weights(engine: str) -> dict:
+    """The synthetic state dict of ``engine``'s model (offline for "official-offline")."""
+    from pointtrack.models.cotracker3 import CoTracker3Offline, CoTracker3Online
+    from pointtrack.models.weights import model_shapes, synthetic_state_dict
+
+    model = CoTracker3Offline() if engine.endswith("offline") else CoTracker3Online()
+    return synthetic_state_dict(model_shapes(model))
 
 
 def workload(frames: int, points: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
