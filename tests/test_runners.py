@@ -642,7 +642,12 @@ def test_ray_slow_decode_holds_back_only_its_own_job(ray_cluster, tmp_path):
     outcomes = run_ray(jobs, GatedWork(str(gate)), load_tracker("lk"), num_actors=1,
                        prefetch=1)
     assert [o.status for o in outcomes] == ["done"] * 6
-    assert outcomes[-1].job.key == "slow"
+    # Tracked last (outcomes come in the order stores end: "e"'s store task may wait for a
+    # Ray worker longer than "slow" takes to be decoded, tracked and stored).
+    last_tracked = max(outcomes, key=lambda o: o.times["track"][0])
+    assert last_tracked.job.key == "slow"
+    assert all(o.times["track"][1] <= last_tracked.times["load"][1]
+               for o in outcomes if o is not last_tracked)  # its decode waited for them all
     assert time.time() - started < 25  # the gate opened: nothing waited for the slow decode
 
 
