@@ -173,7 +173,7 @@ def test_compiled_encoder_is_as_close_to_fp32_as_eager_bf16():
         assert err_c < max(1.5 * err_e, 1e-2), (err_c, err_e)
 
 
-@pytest.mark.parametrize("L", [1, 7, 16, 32])
+@pytest.mark.parametrize("L", [1, 7, 16, 32, 33, 82, 128])
 def test_short_attention_matches_sdpa(L):
     from pointtrack.models.attention import short_attention
 
@@ -193,6 +193,26 @@ def test_short_attention_matches_sdpa(L):
     assert float((out.float() - ref).norm() / ref.norm()) < 1e-2
 
 
+@pytest.mark.parametrize("M", [64, 7])
+def test_few_keys_attention_matches_sdpa(M):
+    from pointtrack.models.attention import few_keys_attention
+
+    g = torch.Generator(device="cuda").manual_seed(M)
+    B, N = 3, 300  # N: not a multiple of the queries per program
+    q = torch.randn(B, N, 384, device="cuda", generator=g).bfloat16()
+    kv = torch.randn(B, M, 768, device="cuda", generator=g).bfloat16()
+    out = few_keys_attention(q, kv, 8, 48)
+
+    def heads(t):
+        return t.float().reshape(B, t.shape[1], 8, 48).transpose(1, 2)
+
+    ref = F.scaled_dot_product_attention(heads(q), heads(kv[..., :384]), heads(kv[..., 384:]))
+    ref = ref.transpose(1, 2).reshape(B, N, 384)
+    assert out.shape == (B, N, 384) and out.dtype == torch.bfloat16
+    assert float((out.float() - ref).abs().max()) < 3e-2
+    assert float((out.float() - ref).norm() / ref.norm()) < 1e-2
+
+
 def test_new_video_lengths_use_no_cudnn_attention():
     """cuDNN's SDPA builds a graph per new shape (0.3-2.4 s each on an H200): the transformer
     must not call it, whatever the video's length."""
@@ -200,9 +220,11 @@ def test_new_video_lengths_use_no_cudnn_attention():
 
     tracker = load_tracker("cotracker3-offline", checkpoint=_weights(CoTracker3Offline),
                            device="cuda", precision="bf16", progress=False)
-    tracker.track(_video(T=40), grid_size=5)
+    # Over 128 frames and 128 points: the transformer's attention goes through SDPA (shorter
+    # sequences and fewer keys take the Triton kernels of `attention`).
+    tracker.track(_video(T=140), grid_size=12)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        tracker.track(_video(T=43), grid_size=5)
+        tracker.track(_video(T=143), grid_size=12)
     names = {e.key for e in prof.key_averages()}
     assert "aten::scaled_dot_product_attention" in names  # the profile saw the transformer
     assert not any("cudnn_attention" in n for n in names), sorted(names)

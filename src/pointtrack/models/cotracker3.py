@@ -296,16 +296,23 @@ class Attention(nn.Module):
         B, N, _ = x.shape
         q = self.to_q(x)
         if context is None and attention.available(q):
-            # Short sequences (a track's frames in an online window): one packed kernel.
+            # Attention along a track's frames (up to 128): one packed kernel.
             return self.to_out(attention.short_attention(q, self.to_kv(x), self.num_heads,
                                                          self.head_dim))
-        context = x if context is None else context
+        if context is not None:
+            kv = self.to_kv(context)
+            if attention.few_keys_available(q, kv):
+                # The points reading the virtual tracks: all keys fit one tile.
+                return self.to_out(attention.few_keys_attention(q, kv, self.num_heads,
+                                                                self.head_dim))
+        else:
+            kv = self.to_kv(x)
 
         def heads(t: Tensor) -> Tensor:
             return t.reshape(B, t.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
 
         q = heads(q)
-        k, v = (heads(t) for t in self.to_kv(context).chunk(2, dim=-1))
+        k, v = (heads(t) for t in kv.chunk(2, dim=-1))
         out = F.scaled_dot_product_attention(q, k, v)
         return self.to_out(out.transpose(1, 2).reshape(B, N, -1))
 
