@@ -15,7 +15,7 @@ def _correlate_kernel(
     stride_xn,  # xy (n, T, 2)
     stride_on, stride_ot,  # out (n, T, levels, ROW)
     C: tl.constexpr, R: tl.constexpr, ROW_LEN: tl.constexpr, BLOCK_T: tl.constexpr,
-    BLEND_PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     P: tl.constexpr = 2 * R + 1
     # Points vary fastest: neighbouring programs read the same frame (shared in L2).
@@ -39,13 +39,11 @@ def _correlate_kernel(
         query_ptr + point * (P * P * C) + rows[:, None] * C + chans[None, :],
         mask=rows[:, None] < P * P, other=0.0,
     )
-    # The (P+1) x (P+1) = 8x8 pixels under a 7x7 bilinear patch, row r = x * 8 + y: read once
-    # (a quarter of what four corner loads read), correlated with the query patch, then
-    # blended by a second product with the (64 positions x 64 pixels) bilinear weights.
-    ix, iy = rows // 8, rows % 8
-    dx = ix[None, :] - ix[:, None]  # pixel x - position x
-    dy = iy[None, :] - iy[:, None]
-    used = (ix < P) & (iy < P)
+    # Patch positions on an 8x8 lattice, row r = px * 8 + py (the 7x7 used): each position's
+    # four bilinear neighbours are loaded straight from the map (they share cache lines) and
+    # blended in fp32; one product with the query patch gives the volume.
+    px, py = rows // 8, rows % 8
+    used = (px < P) & (py < P)
     for dt in range(BLOCK_T):
         t = t0 + dt
         if t < T:
@@ -54,17 +52,27 @@ def _correlate_kernel(
             cy = tl.load(pos + 1) * scale
             fx0, fy0 = tl.floor(cx), tl.floor(cy)
             ax, ay = cx - fx0, cy - fy0
-            # Pixel indices clamped to the map: border padding of the coordinates.
-            xs = tl.minimum(tl.maximum(fx0.to(tl.int32) - R + ix, 0), Wl - 1)
-            ys = tl.minimum(tl.maximum(fy0.to(tl.int32) - R + iy, 0), Hl - 1)
-            base = fmap_ptr + t.to(tl.int64) * (Hl * Wl * C)
-            window = tl.load(base + ((ys * Wl + xs) * C)[:, None] + chans[None, :])
-            s = tl.dot(window, tl.trans(q))  # (64 pixels, 64 query rows), fp32
-            wx = tl.where(dx == 0, 1 - ax, tl.where(dx == 1, ax, 0.0))
-            wy = tl.where(dy == 0, 1 - ay, tl.where(dy == 1, ay, 0.0))
-            corr = tl.dot(wx * wy, s, input_precision=BLEND_PRECISION)  # (64 positions, 64)
+            # Whole-pixel indices clamped to the map: border padding of the coordinates.
+            x0 = fx0.to(tl.int32) - R + px
+            y0 = fy0.to(tl.int32) - R + py
+            xa = tl.minimum(tl.maximum(x0, 0), Wl - 1)
+            xb = tl.minimum(tl.maximum(x0 + 1, 0), Wl - 1)
+            ya = tl.minimum(tl.maximum(y0, 0), Hl - 1) * Wl
+            yb = tl.minimum(tl.maximum(y0 + 1, 0), Hl - 1) * Wl
+            base = fmap_ptr + t.to(tl.int64) * (Hl * Wl * C) + chans[None, :]
+            m = used[:, None]
+            patch = tl.load(base + ((ya + xa) * C)[:, None], mask=m, other=0.0).to(tl.float32) \
+                * ((1 - ax) * (1 - ay))
+            patch += tl.load(base + ((ya + xb) * C)[:, None], mask=m, other=0.0).to(tl.float32) \
+                * (ax * (1 - ay))
+            patch += tl.load(base + ((yb + xa) * C)[:, None], mask=m, other=0.0).to(tl.float32) \
+                * ((1 - ax) * ay)
+            patch += tl.load(base + ((yb + xb) * C)[:, None], mask=m, other=0.0).to(tl.float32) \
+                * (ax * ay)
+            # (64 positions, 64 query rows)
+            corr = tl.dot(patch.to(q.dtype), tl.trans(q), input_precision=PRECISION)
             dst = out_ptr + point * stride_on + t * stride_ot + level * ROW_LEN
-            cols = (ix * P + iy)[:, None] * (P * P) + rows[None, :]
+            cols = (px * P + py)[:, None] * (P * P) + rows[None, :]
             tl.store(dst + cols, corr.to(out_ptr.dtype.element_ty),
                      mask=used[:, None] & (rows[None, :] < P * P))
             pad = tl.arange(0, 32)

@@ -3,16 +3,15 @@
 `CoTracker3.correlate` in PyTorch gathers an 8x8 window of features around every track
 position, correlates it with the query patch and blends the result bilinearly: three passes
 over tensors of ``points x frames x 64 x 128`` that exist only to be read once. Here one
-program per point, level and four frames keeps all of it on chip: it reads the query patch
-once; per frame it reads the 8x8 window of pixels under the 7x7 patch, correlates it with the
-query patch (one matrix product) and blends the 8x8 result to the 7x7 positions (a second
-product, with the bilinear weights as a 64x64 matrix), then writes only the 49x49 volume, as a
-row of the correlation MLP's input.
+program per point, level and two frames keeps all of it on chip: it reads the query patch
+once, loads each patch position's four bilinear neighbours straight from the feature map
+(they share cache lines), blends them in fp32, correlates the patch with the query patch in
+one matrix product and writes only the 49x49 volume, as a row of the correlation MLP's input.
 
-The arithmetic is the PyTorch path's, in the same order (border pixels repeat, x varies
-slowest in both patches); products accumulate in fp32. Used on CUDA when Triton is installed
-(it comes with PyTorch's CUDA wheels; the kernel itself is in `_corr_kernel`, imported on
-first use); the PyTorch path is the reference and runs everywhere else.
+The arithmetic is the same as the PyTorch path (border pixels repeat, x varies slowest in
+both patches); products accumulate in fp32. Used on CUDA when Triton is installed (it comes
+with PyTorch's CUDA wheels; the kernel itself is in `_corr_kernel`, imported on first use);
+the PyTorch path is the reference and runs everywhere else.
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ def _triton_installed() -> bool:  # asked once per chunk of points: look it up o
 
 
 def correlate_volumes(pyramid: list[Tensor], xy: Tensor, support: list[Tensor],
-                      radius: int = 3, block_t: int = 4, num_warps: int = 4) -> Tensor:
+                      radius: int = 3, block_t: int = 2, num_warps: int = 4) -> Tensor:
     """Correlation volumes ``(n, T, 4, 2432)`` (the first 2401 of each row used, the rest
     zero) of tracks at ``xy (n, T, 2)`` (level-0 feature pixels) against query patches
     ``support[l] (n, 49, C)``, on the 4 pyramid levels ``(T, H >> l, W >> l, C)`` (channels
@@ -65,8 +64,7 @@ def correlate_volumes(pyramid: list[Tensor], xy: Tensor, support: list[Tensor],
         xy.stride(0),
         out.stride(0), out.stride(1),
         C=C, R=radius, ROW_LEN=ROW, BLOCK_T=block_t,
-        # The blend's product: tf32 operands keep more of the volume than bf16 ones would.
-        BLEND_PRECISION="ieee" if dtype == torch.float32 else "tf32",
+        PRECISION="ieee" if dtype == torch.float32 else "tf32",
         num_warps=num_warps,
     )
     return out
