@@ -173,6 +173,15 @@ def test_compiled_encoder_is_as_close_to_fp32_as_eager_bf16():
         assert err_c < max(1.5 * err_e, 1e-2), (err_c, err_e)
 
 
+def _sdpa_reference(q, kv):
+    """fp32 SDPA of ``q (B, N, 384)`` over ``kv (B, M, 768)`` (keys, then values), 8 heads."""
+    def heads(t):
+        return t.float().reshape(t.shape[0], t.shape[1], 8, 48).transpose(1, 2)
+
+    out = F.scaled_dot_product_attention(heads(q), heads(kv[..., :384]), heads(kv[..., 384:]))
+    return out.transpose(1, 2).reshape(q.shape[0], q.shape[1], 384)
+
+
 @pytest.mark.parametrize("L", [1, 7, 16, 32, 33, 82, 128])
 def test_short_attention_matches_sdpa(L):
     from pointtrack.models.attention import short_attention
@@ -182,12 +191,7 @@ def test_short_attention_matches_sdpa(L):
     q = torch.randn(B, L, 384, device="cuda", generator=g).bfloat16()
     kv = torch.randn(B, L, 768, device="cuda", generator=g).bfloat16()
     out = short_attention(q, kv, 8, 48)
-
-    def heads(t):
-        return t.float().reshape(B, L, 8, 48).transpose(1, 2)
-
-    ref = F.scaled_dot_product_attention(heads(q), heads(kv[..., :384]), heads(kv[..., 384:]))
-    ref = ref.transpose(1, 2).reshape(B, L, 384)
+    ref = _sdpa_reference(q, kv)
     assert out.shape == (B, L, 384) and out.dtype == torch.bfloat16
     assert float((out.float() - ref).abs().max()) < 3e-2
     assert float((out.float() - ref).norm() / ref.norm()) < 1e-2
@@ -202,12 +206,7 @@ def test_few_keys_attention_matches_sdpa(M):
     q = torch.randn(B, N, 384, device="cuda", generator=g).bfloat16()
     kv = torch.randn(B, M, 768, device="cuda", generator=g).bfloat16()
     out = few_keys_attention(q, kv, 8, 48)
-
-    def heads(t):
-        return t.float().reshape(B, t.shape[1], 8, 48).transpose(1, 2)
-
-    ref = F.scaled_dot_product_attention(heads(q), heads(kv[..., :384]), heads(kv[..., 384:]))
-    ref = ref.transpose(1, 2).reshape(B, N, 384)
+    ref = _sdpa_reference(q, kv)
     assert out.shape == (B, N, 384) and out.dtype == torch.bfloat16
     assert float((out.float() - ref).abs().max()) < 3e-2
     assert float((out.float() - ref).norm() / ref.norm()) < 1e-2

@@ -31,11 +31,16 @@ MAX_KEYS = 128  # most keys `few_keys_attention` takes
 ENABLED = os.environ.get("POINTTRACK_SHORT_ATTENTION", "1") != "0"
 
 
+def _usable(q: Tensor) -> bool:
+    """CUDA with Triton and a reduced-precision dtype (fp32 keeps PyTorch's SDPA, the parity
+    path), unless switched off."""
+    return ENABLED and q.dtype != torch.float32 and corr_triton.available(q)
+
+
 def available(q: Tensor) -> bool:
-    """Whether `short_attention` runs for queries ``q (B, L, inner)``: CUDA with Triton, a
-    reduced-precision dtype (fp32 keeps PyTorch's SDPA, the parity path) and L <= MAX_LEN."""
-    return (ENABLED and q.shape[1] <= MAX_LEN and q.dtype != torch.float32
-            and corr_triton.available(q))
+    """Whether `short_attention` runs for queries ``q (B, L, inner)``: `_usable`, and
+    L <= MAX_LEN."""
+    return q.shape[1] <= MAX_LEN and _usable(q)
 
 
 def short_attention(q: Tensor, kv: Tensor, heads: int, head_dim: int,
@@ -66,9 +71,8 @@ def short_attention(q: Tensor, kv: Tensor, heads: int, head_dim: int,
 
 def few_keys_available(q: Tensor, kv: Tensor) -> bool:
     """Whether `few_keys_attention` runs for queries ``q (B, N, inner)`` over keys and values
-    ``kv (B, M, 2 * inner)``: as `available`, with M <= MAX_KEYS."""
-    return (ENABLED and kv.shape[1] <= MAX_KEYS and q.dtype != torch.float32
-            and corr_triton.available(q))
+    ``kv (B, M, 2 * inner)``: `_usable`, and M <= MAX_KEYS."""
+    return kv.shape[1] <= MAX_KEYS and _usable(q)
 
 
 def few_keys_attention(q: Tensor, kv: Tensor, heads: int, head_dim: int,

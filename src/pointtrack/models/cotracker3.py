@@ -295,18 +295,14 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         B, N, _ = x.shape
         q = self.to_q(x)
+        kv = self.to_kv(x if context is None else context)
         if context is None and attention.available(q):
             # Attention along a track's frames (up to 128): one packed kernel.
-            return self.to_out(attention.short_attention(q, self.to_kv(x), self.num_heads,
-                                                         self.head_dim))
-        if context is not None:
-            kv = self.to_kv(context)
-            if attention.few_keys_available(q, kv):
-                # The points reading the virtual tracks: all keys fit one tile.
-                return self.to_out(attention.few_keys_attention(q, kv, self.num_heads,
-                                                                self.head_dim))
-        else:
-            kv = self.to_kv(x)
+            return self.to_out(attention.short_attention(q, kv, self.num_heads, self.head_dim))
+        if context is not None and attention.few_keys_available(q, kv):
+            # The points reading the virtual tracks: all keys fit one tile.
+            return self.to_out(attention.few_keys_attention(q, kv, self.num_heads,
+                                                            self.head_dim))
 
         def heads(t: Tensor) -> Tensor:
             return t.reshape(B, t.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
