@@ -20,6 +20,7 @@ from pointtrack.models.weights import (
     synthetic_state_dict,
 )
 from pointtrack.trackers import PromptError, load_tracker
+from pointtrack.trackers.cotracker import fast_cpu_precision
 from pointtrack.tracks import Tracks
 from pointtrack.video import write_video
 
@@ -158,6 +159,33 @@ def test_stream_equals_track(online):
         stream.push(video[:1])
 
 
+def test_online_track_of_a_path_decodes_while_tracking(online, tmp_path, monkeypatch):
+    """`track(path)` on the online engine feeds the decoder's frames into its stream a batch at
+    a time (never the whole clip in memory): the same tracks as tracking the decoded clip.
+    Backward tracking needs the whole clip, and decodes it first."""
+    from pointtrack.trackers import base
+    from pointtrack.video import read_clip
+
+    path = write_video(tmp_path / "walk.mp4", make_video(17, 64, 48, seed=3), fps=12.0)
+    q = np.array([[0, 10.0, 10.0], [5, 40.0, 30.0], [16, 60.0, 40.0]])
+    decoded = read_clip(path, size=online.input_size)
+    whole = online.track(decoded, queries=q)
+    monkeypatch.setattr(base, "STREAM_BATCH_FRAMES", 7)  # batches that split the windows
+    calls = []
+    monkeypatch.setattr(base, "read_clip", lambda *a, **k: calls.append(a) or read_clip(*a, **k))
+    streamed = online.track(path, queries=q)
+    assert not calls and streamed.equals(whole)
+    assert streamed.fps == 12.0 and streamed.frame_size == (64, 48)
+    # The prompt is checked against the file before any frame is decoded.
+    with pytest.raises(PromptError, match="query frame 17"):
+        online.track(path, queries=[[17, 10.0, 10.0]])
+    back = online.track(path, queries=q, backward_tracking=True)
+    assert len(calls) == 1
+    assert back.equals(online.track(decoded, queries=q, backward_tracking=True))
+    assert not np.array_equal(back.xy[:5, 1], streamed.xy[:5, 1])  # before its query frame
+    np.testing.assert_array_equal(back.xy[5:, 1], streamed.xy[5:, 1])
+
+
 def test_stream_checks_frames_and_prompt(online):
     stream = online.stream(grid_size=3, grid_query_frame=4)
     assert stream.push(make_video(3, 32, 24)).num_frames == 0  # no window yet: nothing run
@@ -243,6 +271,27 @@ def test_options_are_checked():
         load_tracker("cotracker3-online", precision="int8")
 
 
+def test_reduced_precision_on_a_cpu_without_its_kernels_warns(offline_weights):
+    """bf16 on a CPU without AVX-512 runs through oneDNN's reference code, many times slower
+    than fp32 (165 s against 18 s for 24 frames x 100 points on a 2-core AVX2 EPYC): the
+    engine warns, naming the CPU, where PyTorch reports no fast bf16 kernels."""
+    import warnings
+
+    assert fast_cpu_precision("fp32")
+    for precision in ("bf16", "fp16"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            load_tracker("cotracker3-offline", checkpoint=offline_weights, precision=precision)
+        slow = [w for w in caught if "no fast" in str(w.message)]
+        assert len(slow) == (0 if fast_cpu_precision(precision) else 1), precision
+        for w in slow:
+            assert torch.backends.cpu.get_cpu_capability() in str(w.message)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_tracker("cotracker3-offline", checkpoint=offline_weights)  # fp32: never
+    assert not [w for w in caught if "no fast" in str(w.message)]
+
+
 def test_bf16_is_close_to_fp32(offline_weights, offline):
     video = make_video(2, 32, 24)
     q = [[0, 10.0, 10.0], [1, 20.0, 5.0]]
@@ -253,26 +302,31 @@ def test_bf16_is_close_to_fp32(offline_weights, offline):
     assert 0 < np.abs(tracks.xy - fp32.xy).max() < 2.0  # px of the 32x24 video
 
 
-def test_bf16_online_backward_and_stream(online_weights):
-    """bf16 converts the whole network: every online path runs and stays near fp32."""
+@pytest.mark.skipif(not fast_cpu_precision("bf16"),
+                    reason="no fast bf16 kernels on this CPU: 34 bf16 frames take ~13 minutes "
+                           "(tests/test_gpu.py checks the bf16 online stream on a GPU)")
+def test_bf16_online_track_and_stream(online_weights):
+    """bf16 converts the whole network: the online windows run and stay near fp32, and the
+    stream gives `track`'s result. (Backward tracking runs the same windows on reversed
+    frames: `test_online_track_of_a_path_decodes_while_tracking` checks it in fp32.)"""
     video = make_video(17, 32, 24)
     q = np.array([[4, 5.0, 5.0], [9, 20.0, 10.0]])
     fp32 = load_tracker("cotracker3-online", checkpoint=online_weights)
     bf16 = load_tracker("cotracker3-online", checkpoint=online_weights, precision="bf16")
-    ref = fp32.track(video, queries=q, backward_tracking=True)
-    tracks = bf16.track(video, queries=q, backward_tracking=True)
+    ref = fp32.track(video, queries=q)
+    tracks = bf16.track(video, queries=q)
     assert tracks.xy.dtype == np.float32 and np.isfinite(tracks.xy).all()
     assert 0 < np.median(np.abs(tracks.xy - ref.xy)) < 2.0  # px of the 32x24 video
     stream = bf16.stream(queries=q)
     stream.push(video[:9])
     stream.push(video[9:])
-    assert stream.finish().equals(bf16.track(video, queries=q))
+    assert stream.finish().equals(tracks)
 
 
 # -- CLI --------------------------------------------------------------------------------------
 
 
-def test_cli_track_with_checkpoint_file(offline_weights, tmp_path):
+def test_cli_track_with_checkpoint_file(offline_weights, tmp_path, capsys):
     cli = pytest.importorskip("pointtrack.cli")
     try:
         import pointtrack.cli.track  # noqa: F401
@@ -301,6 +355,11 @@ def test_cli_track_with_checkpoint_file(offline_weights, tmp_path):
                      "--out", str(bf16_out)])
     options = Tracks.load(bf16_out).options
     assert code == 0 and options["precision"] == "bf16" and options["compile"] is False
+    # On a CPU without fast bf16 kernels the CLI says so, in one line.
+    err = capsys.readouterr().err
+    slow = [line for line in err.splitlines() if "no fast bf16 kernels" in line]
+    assert len(slow) == (0 if fast_cpu_precision("bf16") else 1)
+    assert all(line.startswith("pointtrack: warning: precision=bf16") for line in slow)
     lk_out = tmp_path / "lk.tracks.npz"
     code = cli.main(["track", str(video), "--precision", "bf16", "--grid-size", "3",
                      "--out", str(lk_out)])

@@ -361,11 +361,11 @@ def test_lk_stream_equals_track_forward(make_video):
     """The LK stream (one frame held at a time) gives track()'s result for points that start
     on the first frame, whatever the chunks frames come in."""
     from pointtrack.trackers import PromptError, load_tracker
-    from pointtrack.video import iter_frames
+    from pointtrack.video import iter_frames, read_clip
 
     path, frames = make_video(num_frames=14, size=(96, 64))
     lk = load_tracker("lk")
-    ref = lk.track(path, grid_size=5)
+    ref = lk.track(read_clip(path), grid_size=5)  # decoded whole (track(path) streams)
     stream = lk.stream(grid_size=5)
     decoded = [f.image for f in iter_frames(path)]
     for chunk in (decoded[:1], decoded[1:6], decoded[6:7], decoded[7:]):

@@ -8,6 +8,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 
 # Subcommand modules, in the order `pointtrack --help` lists them.
 _COMMANDS = ["track", "dataset", "eval", "plot", "preprocess", "demo"]
@@ -70,6 +71,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line, like the CLI's errors (not Python's file:line: source form)."""
+    print(f"pointtrack: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
     # The bundled mongod 6.0 draws a deprecation notice on every connection: keep the CLI's
@@ -81,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():  # restores showwarning for callers of main()
+            warnings.showwarning = _one_line_warning
+            return int(args.func(args) or 0)
     except _user_errors() as e:
         # One line whatever the message: library errors (torch, FFmpeg) can span several.
         print(f"pointtrack: error: {' '.join(str(e).split())}", file=sys.stderr)

@@ -533,12 +533,13 @@ class CoTracker3(nn.Module):
 
         ``frames (B, N)`` index the pyramid's time axis, ``xy (B, N, 2)`` are feature pixels.
         """
-        return [
-            sample_patches(
-                fmaps, xy[:, :, None] / 2**level, frames[:, :, None], self.cfg.corr_radius
-            )[:, :, 0]
-            for level, fmaps in enumerate(pyramid)
-        ]
+        return [self.query_level(fmaps, frames, xy, level) for level, fmaps in enumerate(pyramid)]
+
+    def query_level(self, fmaps: Tensor, frames: Tensor, xy: Tensor, level: int) -> Tensor:
+        """`query_features` of one pyramid level ``fmaps (B, T, H, W, C)``."""
+        return sample_patches(
+            fmaps, xy[:, :, None] / 2**level, frames[:, :, None], self.cfg.corr_radius
+        )[:, :, 0]
 
     # Refinement -------------------------------------------------------------------------------
 
@@ -878,12 +879,12 @@ class CoTracker3Online(CoTracker3):
             idx = torch.nonzero((host[b] >= first_new) & (host[b] < start + S))[:, 0]
             if len(idx):
                 idx = idx.to(xy.device)
-                sampled = self.query_features(
-                    [p[b : b + 1] for p in pyramid], frames[b : b + 1, idx] - start,
-                    xy[b : b + 1, idx],
-                )
-                for s, f in zip(state.support, sampled, strict=True):
-                    s[b, idx] = f[0].to(s.dtype)
+                on, at = frames[b : b + 1, idx] - start, xy[b : b + 1, idx]
+                # A level at a time into the kept buffers: all levels sampled first would be a
+                # second copy of the query features while the window runs (1.9 GiB at 40,000
+                # points, a third of the peak).
+                for level, (s, fmaps) in enumerate(zip(state.support, pyramid, strict=True)):
+                    s[b, idx] = self.query_level(fmaps[b : b + 1], on, at, level)[0].to(s.dtype)
         support = state.support
 
         # Start from the query point, or from the last window's predictions where it has them.

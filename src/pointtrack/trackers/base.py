@@ -308,8 +308,17 @@ class Tracker(ABC):
 
         Returns:
             `Tracks` in source-video pixels.
+
+        A path given to an engine that streams is decoded a batch at a time into its stream
+        while the frames before are tracked (the same tracks as decoding it whole first, and
+        memory for a batch rather than the clip), unless the stream cannot give `track`'s
+        result: backward tracking, or late queries where `stream_late_queries` is False.
         """
         if isinstance(video, str | os.PathLike):
+            if self._streams_prompt(queries, grid_query_frame, backward_tracking):
+                return self._track_streamed(video, grid_size=grid_size, queries=queries,
+                                            segm_mask=segm_mask,
+                                            grid_query_frame=grid_query_frame)
             self._check_memory_of(video, grid_size, queries, segm_mask)
         clip = as_clip(video, size=self.input_size)
         prompt = check_prompt(
@@ -322,7 +331,8 @@ class Tracker(ABC):
         )
         return self._track(clip, prompt)
 
-    def _check_memory_of(self, path, grid_size, queries, segm_mask, **sampling) -> None:
+    def _check_memory_of(self, path, grid_size, queries, segm_mask, held_frames=None,
+                         **sampling) -> None:
         from ..video import count_kept, probe
 
         info = probe(path)
@@ -330,7 +340,39 @@ class Tracker(ABC):
         points = len(queries) if queries is not None and np.ndim(queries) == 2 else 0
         if not points:
             points = max(int(grid_size), 1) ** 2 if isinstance(grid_size, int | np.integer) else 1
-        self.check_memory(frames, info.size, points, what=str(path))
+        self.check_memory(frames, info.size, points, what=str(path), held_frames=held_frames)
+
+    def _streams_prompt(self, queries, grid_query_frame, backward_tracking) -> bool:
+        """Whether `track` of a path goes through the engine's stream (see `track`)."""
+        if not self.streams or backward_tracking:
+            return False
+        if self.stream_late_queries:
+            return True
+        if queries is not None and np.ndim(queries) == 2 and np.shape(queries)[1] == 3:
+            starts = np.asarray(queries, dtype=np.float64)[:, 0]
+            return bool(np.all(starts == 0))
+        return grid_query_frame == 0
+
+    def _track_streamed(self, path, *, grid_size, queries, segm_mask,
+                        grid_query_frame) -> Tracks:
+        """`track` of a path through the engine's stream: frames are decoded a batch at a
+        time, the prompt checked against the file's frame count before any is decoded."""
+        from ..video import iter_frames, probe
+
+        info = probe(path)
+        batch = stream_batch(self.input_size or info.size)
+        # Held at once: the batch being decoded and the last one pushed (the window keeps
+        # views into it).
+        self._check_memory_of(path, grid_size, queries, segm_mask, held_frames=2 * batch)
+        shape = np.broadcast_to(np.zeros((), np.uint8), (info.num_frames, info.height,
+                                                         info.width, 3))
+        check_prompt(Clip(shape, np.arange(info.num_frames), info.fps, info.size),
+                     grid_size=grid_size, queries=queries, segm_mask=segm_mask,
+                     grid_query_frame=grid_query_frame)
+        stream = self.stream(grid_size=grid_size, queries=queries, segm_mask=segm_mask,
+                             grid_query_frame=grid_query_frame, source_size=info.size)
+        return feed_and_finish(stream, iter_frames(path, size=self.input_size), batch,
+                               fps=info.fps, what=str(path))
 
     @abstractmethod
     def _track(self, clip: Clip, prompt: Prompt) -> Tracks:
