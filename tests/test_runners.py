@@ -339,17 +339,24 @@ def test_claims_keep_a_sample_to_one_run(dataset):
 
 
 CONCURRENT_SCRIPT = """
-import sys, time
+import os, pathlib, sys, time
 import pointtrack.fiftyone as ptf
 from pointtrack.trackers.lk import LucasKanadeTracker
 
 class SlowLK(LucasKanadeTracker):
     def _track(self, clip, prompt):
-        time.sleep(0.3)  # long enough for the two runs to overlap
+        time.sleep(0.5)  # long enough for the two runs to overlap
         return super()._track(clip, prompt)
 
-summary = ptf.track_dataset(ptf.load_dataset(sys.argv[1]), SlowLK(), grid_size=3,
-                            progress=False)
+dataset = ptf.load_dataset(sys.argv[1])
+# Both processes start their runs together: on a loaded machine one process's imports can
+# take longer than the other's whole run.
+barrier = pathlib.Path(sys.argv[2])
+(barrier / str(os.getpid())).touch()
+deadline = time.monotonic() + 120
+while len(list(barrier.iterdir())) < 2 and time.monotonic() < deadline:
+    time.sleep(0.02)
+summary = ptf.track_dataset(dataset, SlowLK(), grid_size=3, progress=False)
 print("DONE", " ".join(summary.done))
 """
 
@@ -357,7 +364,9 @@ print("DONE", " ".join(summary.done))
 def test_two_concurrent_runs_track_each_sample_once(dataset, tmp_path):
     script = tmp_path / "run.py"
     script.write_text(textwrap.dedent(CONCURRENT_SCRIPT))
-    procs = [subprocess.Popen([sys.executable, str(script), dataset.name],
+    barrier = tmp_path / "started"
+    barrier.mkdir()
+    procs = [subprocess.Popen([sys.executable, str(script), dataset.name, str(barrier)],
                               stdout=subprocess.PIPE, text=True, env=os.environ.copy())
              for _ in range(2)]
     outs = [p.communicate(timeout=300)[0] for p in procs]
