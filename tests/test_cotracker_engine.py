@@ -186,6 +186,54 @@ def test_online_track_of_a_path_decodes_while_tracking(online, tmp_path, monkeyp
     np.testing.assert_array_equal(back.xy[5:, 1], streamed.xy[5:, 1])
 
 
+def test_offline_track_of_a_path_encodes_while_decoding(offline, tmp_path, monkeypatch):
+    """`track(path)` on the offline engine feeds decoded batches into its stream, which
+    encodes each on arrival and keeps features only: the same tracks as tracking the decoded
+    clip, for late queries and backward tracking too, and no whole-clip decode."""
+    from pointtrack.trackers import base
+    from pointtrack.video import read_clip
+
+    path = write_video(tmp_path / "walk.mp4", make_video(19, 64, 48, seed=4), fps=10.0)
+    q = np.array([[0, 10.0, 10.0], [6, 40.0, 30.0], [18, 60.0, 40.0]])
+    decoded = read_clip(path, size=offline.input_size)
+    whole = offline.track(decoded, queries=q, backward_tracking=True)
+    # Batches of 5 against encoder chunks of 2 (CPU): frames wait between feeds.
+    monkeypatch.setattr(base, "STREAM_BATCH_FRAMES", 5)
+    calls = []
+    monkeypatch.setattr(base, "read_clip", lambda *a, **k: calls.append(a) or read_clip(*a, **k))
+    streamed = offline.track(path, queries=q, backward_tracking=True)
+    assert not calls and streamed.equals(whole)
+    assert streamed.fps == 10.0 and streamed.frame_size == (64, 48)
+    forward = offline.track(path, grid_size=3, grid_query_frame=4)
+    assert not calls and forward.equals(offline.track(decoded, grid_size=3, grid_query_frame=4))
+    with pytest.raises(PromptError, match="query frame 19"):
+        offline.track(path, queries=[[19, 10.0, 10.0]])
+
+
+def test_offline_stream_push_feed_finish(offline):
+    """The offline stream, fed by hand: `push` gives the offline tracks of the frames so
+    far, `finish` those of all of them; a frame buffer reused by the caller changes nothing;
+    the prompt's frames must all come."""
+    video = make_video(9, 64, 48, seed=5)
+    q = np.array([[0, 8.0, 8.0], [3, 30.0, 20.0]])
+    stream = offline.stream(queries=q)
+    buffer = video[:5].copy()
+    so_far = stream.push(buffer)  # 5 frames: 4 encoded, 1 waiting
+    assert so_far.equals(offline.track(video[:5], queries=q))
+    buffer[:] = 0  # reused for other frames: the waiting frame was copied
+    stream.feed(video[5:6])
+    stream.feed(video[6:])
+    assert stream.finish().equals(offline.track(video, queries=q))
+    with pytest.raises(RuntimeError, match="finished"):
+        stream.feed(video[:1])
+    late = offline.stream(queries=[[6, 8.0, 8.0]])
+    late.feed(video[:4])
+    with pytest.raises(PromptError, match="refers to frame 6"):
+        late.finish()
+    with pytest.raises(PromptError, match="no frames"):
+        offline.stream(grid_size=2).finish()
+
+
 def test_stream_checks_frames_and_prompt(online):
     stream = online.stream(grid_size=3, grid_query_frame=4)
     assert stream.push(make_video(3, 32, 24)).num_frames == 0  # no window yet: nothing run

@@ -96,6 +96,21 @@ def test_online_stream_with_graphs_equals_track_bf16():
     assert np.abs(plain.xy - whole.xy).max() < 0.5
 
 
+def test_offline_path_encoded_while_decoding_equals_decoded_clip_bf16(tmp_path):
+    """`track(path)` offline on the GPU: batches encoded as they are decoded (pinned staging
+    buffers reused from feed to feed, the compiled encoder's padded last chunk) give the
+    tracks of the decoded clip, forward and backward."""
+    from pointtrack.video import read_clip, write_video
+
+    path = write_video(tmp_path / "clip.mp4", _video(T=45), fps=15.0)
+    tracker = load_tracker("cotracker3-offline", checkpoint=_weights(CoTracker3Offline),
+                           device="cuda", precision="bf16")
+    clip = read_clip(path, size=tracker.input_size)
+    q = np.array([[0, 20.0, 20.0], [30, 60.0, 40.0]])
+    for kwargs in (dict(grid_size=6), dict(queries=q, backward_tracking=True)):
+        assert tracker.track(path, **kwargs).equals(tracker.track(clip, **kwargs))
+
+
 def test_fused_bf16_tracks_match_pytorch_path(monkeypatch):
     weights = _weights(CoTracker3Offline)
     video = _video()

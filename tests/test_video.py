@@ -166,6 +166,48 @@ def test_frames_before_a_corrupt_packet_come_in_order_then_the_error(tmp_path, m
     assert np.array_equal(np.stack([f.image for f in got]), intact.frames)
 
 
+def test_read_ahead_keeps_order_hands_over_the_error_and_stops_when_closed(tmp_path,
+                                                                          make_video):
+    """Frames decoded in a worker thread ahead of their consumer (`read_ahead`, as streams
+    are fed): the same frames in order, a broken stream's error after its good frames, and a
+    consumer that stops early stops the worker, which closes the file."""
+    import threading
+
+    from pointtrack.trackers.base import read_ahead
+
+    path, _ = make_video(num_frames=40)
+    plain = [f.image for f in iter_frames(path, size=(80, 60))]
+    ahead = list(read_ahead(iter_frames(path, size=(80, 60)), 4))
+    assert [f.index for f in ahead] == list(range(40))
+    assert np.array_equal(np.stack([f.image for f in ahead]), np.stack(plain))
+
+    data = bytearray(path.read_bytes())
+    mdat, moov = data.index(b"mdat"), data.index(b"moov")
+    cut = mdat + (moov - mdat) * 2 // 3
+    data[cut:moov] = bytes(moov - cut)
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(bytes(data))
+    got = []
+    with pytest.raises(VideoError, match="broken.mp4: corrupt video stream"):
+        for frame in read_ahead(iter_frames(broken, size=(80, 60)), 4):
+            got.append(frame.index)
+    assert 5 < len(got) < 40 and got == list(range(len(got)))
+
+    closed = []
+
+    def frames():
+        try:
+            yield from iter_frames(path, size=(80, 60))
+        finally:
+            closed.append(threading.current_thread().name)
+
+    reader = read_ahead(frames(), 2)
+    assert next(reader).index == 0
+    reader.close()
+    assert closed == ["pointtrack-decode"]
+    assert not any(t.name == "pointtrack-decode" for t in threading.enumerate())
+
+
 def test_probe_is_remembered_until_the_file_changes(tmp_path, make_video):
     path, _ = make_video(name="a.mp4", num_frames=6)
     first = probe(path)

@@ -150,18 +150,14 @@ def sampling(args: argparse.Namespace) -> dict:
 
 def use_stream(args, queries, tracker, info) -> bool:
     """Whether to decode the clip a batch at a time into the engine's stream rather than
-    whole into memory: where the engine streams and its stream gives what `track` would.
-    Backward tracking needs the whole clip; so do points that start after the first frame
-    for an engine whose stream tracks forward only (LK)."""
+    whole into memory: where the engine's stream gives what `track` would for this prompt
+    (`Tracker.streams_prompt`, the rule `track` of a path follows)."""
     from ..video import sample_indices
 
-    if not tracker.streams or args.backward:
-        return False
-    if tracker.stream_late_queries:
-        return True
     first = sample_indices(info.num_frames, info.fps, **dict(sampling(args), max_frames=1))
     starts = queries[:, 0] if queries is not None else [args.grid_query_frame]
-    return len(first) == 1 and all(f == first[0] for f in starts)
+    first_only = len(first) == 1 and all(f == first[0] for f in starts)
+    return tracker.streams_prompt(first_only, args.backward)
 
 
 def check_before_decoding(args, queries, mask, tracker, info, held_frames=None) -> np.ndarray:
@@ -170,19 +166,20 @@ def check_before_decoding(args, queries, mask, tracker, info, held_frames=None) 
     the clip would need (a file may claim more frames than any machine holds); a streamed
     run holds ``held_frames`` at a time. Returns the source frame numbers sampled."""
     from ..trackers import check_prompt
-    from ..video import Clip, count_kept, sample_indices
+    from ..trackers.base import blank_clip
+    from ..video import count_kept, sample_indices
 
     # A grid finer than the pixels is refused below, with its own message.
     points = len(queries) if queries is not None else max(min(args.grid_size, *info.size), 1) ** 2
+    # Counted before the frame numbers are listed: a file may claim billions of frames.
     tracker.check_memory(count_kept(info.num_frames, info.fps, **sampling(args)), info.size,
                          points, what=str(args.video), held_frames=held_frames)
     rows = sample_indices(info.num_frames, info.fps, **sampling(args))
     if len(rows) == 0:
         raise CLIError(f"{args.video}: no frames in the requested range")
-    shape = Clip(np.broadcast_to(np.zeros((), np.uint8), (len(rows), info.height, info.width, 3)),
-                 rows, info.fps, info.size)
     queries, grid_row = prompt_rows(args, queries, mask, rows)
-    check_prompt(shape, grid_size=args.grid_size, queries=queries, segm_mask=mask,
+    check_prompt(blank_clip(len(rows), info.size, frame_numbers=rows, fps=info.fps),
+                 grid_size=args.grid_size, queries=queries, segm_mask=mask,
                  grid_query_frame=grid_row)
     return rows
 
@@ -212,13 +209,12 @@ def run_track(args: argparse.Namespace) -> int:
     info = probe(args.video)
     batch = None
     if use_stream(args, queries, tracker, info):
-        from ..trackers.base import stream_batch
+        from ..trackers.base import stream_batch, stream_held_frames
 
-        batch = stream_batch(tracker.input_size or info.size)
-    # A streamed run holds the batch being decoded and the last one pushed (the engine's
-    # window keeps views into it).
+        size = tracker.input_size or info.size
+        batch, held = stream_batch(size), stream_held_frames(size)
     sampled = check_before_decoding(args, queries, mask, tracker, info,
-                                 held_frames=2 * batch if batch else None)
+                                    held_frames=held if batch else None)
     out = Path(args.out) if args.out else Path(Path(args.video).stem + ".tracks.npz")
     output_paths(args, out)
 
@@ -277,7 +273,8 @@ def track_streamed(args, tracker, queries, mask, info, sampled: np.ndarray, batc
     print(f"tracking with {args.engine} while decoding at {size[0]}x{size[1]}, "
           f"{batch} frames at a time...")
     stream = tracker.stream(grid_size=args.grid_size, queries=queries, segm_mask=mask,
-                            grid_query_frame=grid_row, source_size=info.size)
+                            grid_query_frame=grid_row, source_size=info.size,
+                            **({"backward_tracking": True} if args.backward else {}))
     frames = iter_frames(args.video, size=tracker.input_size, **sampling(args))
     # disable=None: no bar when stderr is not a terminal (logs, CI, pipes).
     bar = tqdm(frames, desc="track", unit="frame", leave=False, disable=None, total=len(sampled))

@@ -23,7 +23,13 @@ import numpy as np
 from fiftyone.core.clips import ClipsView
 
 from ..runners import Job, Outcome, RunAborted, read_clip_offloaded, run_local, run_sequential
-from ..trackers.base import PromptError, Tracker, feed_and_finish, stream_batch
+from ..trackers.base import (
+    PromptError,
+    Tracker,
+    feed_and_finish,
+    stream_batch,
+    stream_held_frames,
+)
 from ..video import (
     VideoError,
     VideoInfo,
@@ -187,7 +193,7 @@ class SampleWork:
         w, h = self.input_size or info.size
         if kept * w * h * 3 <= STREAM_OVER_BYTES:
             return None
-        self._check_memory(job, held_frames=2 * stream_batch((w, h)))
+        self._check_memory(job, held_frames=stream_held_frames((w, h)))
         rows = sample_indices(info.num_frames, info.fps, **self.sampling)
         if len(rows) == 0:
             raise VideoError(f"{job.path}: no frames in the requested range")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 import os
+import queue
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -92,14 +94,67 @@ def stream_batch(size: tuple[int, int]) -> int:
     return max(1, min(STREAM_BATCH_FRAMES, STREAM_BATCH_BYTES // (size[0] * size[1] * 3)))
 
 
+def stream_held_frames(size: tuple[int, int]) -> int:
+    """Frames of ``size`` (W, H) held at once by `feed_and_finish`: the batch being gathered,
+    a batch decoded ahead (`read_ahead`) and the last one fed (a window keeps views of it)."""
+    return 3 * stream_batch(size)
+
+
+def read_ahead(items: Iterable[Any], ahead: int) -> Iterator[Any]:
+    """``items`` made by a worker thread up to ``ahead`` in advance, so that a decoder goes
+    on decoding while its consumer launches GPU work or waits for it (FFmpeg and swscale run
+    without the GIL). Errors arrive in order; closing the iterator stops the worker."""
+    slots: queue.Queue = queue.Queue(maxsize=max(1, ahead))
+    stop = threading.Event()
+    end = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def work() -> None:
+        source = iter(items)
+        try:
+            for item in source:
+                if not put((item, None)):
+                    return
+            put((end, None))
+        except BaseException as e:  # handed over: the consumer raises it
+            put((end, e))
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:  # a generator's own cleanup (a decoder closes its file)
+                close()
+
+    worker = threading.Thread(target=work, name="pointtrack-decode", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, error = slots.get()
+            if error is not None:
+                raise error
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
 def feed_and_finish(stream: Any, frames: Iterable[Frame], batch: int, fps: float,
                     what: str) -> Tracks:
     """Feed decoded ``frames`` into ``stream`` ``batch`` at a time and finish it: the tracks
     with the frames' source numbers (a stream counts rows from its first frame) and ``fps``
-    (the sampled rate). `VideoError` naming ``what`` when no frame came."""
+    (the sampled rate). `VideoError` naming ``what`` when no frame came. The frames are made
+    a batch ahead in another thread (`read_ahead`)."""
     numbers: list[int] = []
     chunk: list[np.ndarray] = []
-    for frame in frames:
+    for frame in read_ahead(frames, batch):
         numbers.append(frame.index)
         chunk.append(frame.image)
         if len(chunk) == batch:
@@ -127,6 +182,58 @@ def stream_frames(frames: Any, size: tuple[int, int] | None) -> np.ndarray:
     if size is not None and new != size:
         raise PromptError(f"frame size changed from {size[0]}x{size[1]} to {new[0]}x{new[1]}")
     return frames
+
+
+def blank_clip(num_frames: int, size: tuple[int, int],
+               source_size: tuple[int, int] | None = None, frame_numbers: Any = None,
+               fps: float = 0.0) -> Clip:
+    """A clip of ``num_frames`` frames of ``size`` (W, H) that holds no pixels (a broadcast
+    zero): prompts and results are checked and converted against it before, or without,
+    decoding. ``source_size`` defaults to ``size``; frame numbers to 0..T-1."""
+    w, h = size
+    frames = np.broadcast_to(np.zeros((), np.uint8), (num_frames, h, w, 3))
+    numbers = np.arange(num_frames) if frame_numbers is None else np.asarray(frame_numbers)
+    return Clip(frames, numbers, fps, source_size or size)
+
+
+def frames_needed(queries: Any, grid_query_frame: int) -> int:
+    """Frames a prompt refers to: one past its last query frame (or its grid's frame).
+    Malformed queries count as none here; `check_prompt` names their problem."""
+    last = int(grid_query_frame)
+    if queries is not None and hasattr(queries, "detach"):
+        queries = queries.detach().cpu().numpy()
+    if queries is not None and np.ndim(queries) == 2 and np.shape(queries)[1] == 3 \
+            and np.size(queries):
+        t = np.asarray(queries, dtype=np.float64)[:, 0]
+        if np.isfinite(t).all():
+            last = max(last, int(t.max()))
+    return max(last, 0) + 1
+
+
+def starts_on_first_frame(queries: Any, grid_query_frame: int) -> bool:
+    """Whether every point of a prompt starts on the clip's first frame (row 0)."""
+    if queries is not None and np.ndim(queries) == 2 and np.shape(queries)[1] == 3:
+        return bool(np.all(np.asarray(queries, dtype=np.float64)[:, 0] == 0))
+    return grid_query_frame == 0
+
+
+def check_stream_prompt(size: tuple[int, int], source_size: tuple[int, int] | None,
+                        **prompt: Any) -> tuple[Prompt, Clip]:
+    """A stream's prompt, checked when its first frames arrive (``size`` (W, H), resized
+    from ``source_size``): on a pixel-less clip just long enough for every query frame,
+    which is returned too (its length is the frames the stream must receive)."""
+    needed = frames_needed(prompt.get("queries"), prompt.get("grid_query_frame", 0))
+    clip = blank_clip(needed, size, source_size)
+    return check_prompt(clip, **prompt), clip
+
+
+def check_stream_length(received: int, needed: int) -> None:
+    """`PromptError` at a stream's end when it stopped before a frame its prompt refers to."""
+    if received == 0:
+        raise PromptError("no frames were pushed")
+    if received < needed:
+        raise PromptError(f"the prompt refers to frame {needed - 1}, but the stream ended "
+                          f"after {received} frames")
 
 
 def check_prompt(
@@ -229,10 +336,12 @@ class Tracker(ABC):
     name: str = ""
     #: Frame size (W, H) the engine wants frames decoded at, or None for source resolution.
     input_size: tuple[int, int] | None = None
-    #: Whether the engine has ``stream(..., source_size=None)``: an object that takes frames
-    #: a batch at a time (``push(frames) -> Tracks`` so far, ``feed(frames)`` without them)
-    #: and gives ``finish() -> Tracks``, holding a window of frames rather than the clip.
-    #: When False, the advice of `check_memory` points to an engine that streams.
+    #: Whether the engine's stream holds a window of frames rather than the clip, so memory
+    #: does not grow with the video (online CoTracker3, LK). When False, the advice of
+    #: `check_memory` points to an engine that streams. A stream is
+    #: ``stream(..., source_size=None)``: an object that takes frames a batch at a time
+    #: (``push(frames) -> Tracks`` so far, ``feed(frames)`` without them) and gives
+    #: ``finish() -> Tracks``; offline CoTracker3 has one too, which keeps features only.
     streams: bool = False
     #: Whether a stream gives `track`'s result for points that start after the first frame
     #: (LK's stream starts them on their frame; its `track` also tracks them backward).
@@ -309,17 +418,22 @@ class Tracker(ABC):
         Returns:
             `Tracks` in source-video pixels.
 
-        A path given to an engine that streams is decoded a batch at a time into its stream
-        while the frames before are tracked (the same tracks as decoding it whole first, and
-        memory for a batch rather than the clip), unless the stream cannot give `track`'s
-        result: backward tracking, or late queries where `stream_late_queries` is False.
+        A path is decoded a batch at a time into the engine's stream, where it has one that
+        gives `track`'s result for the prompt (`streams_prompt`): the engine works on each
+        batch while the next decodes, and memory holds a batch rather than the clip. Other
+        prompts decode the whole clip first.
         """
         if isinstance(video, str | os.PathLike):
-            if self._streams_prompt(queries, grid_query_frame, backward_tracking):
-                return self._track_streamed(video, grid_size=grid_size, queries=queries,
+            from ..video import probe
+
+            info = probe(video)
+            if self.streams_prompt(starts_on_first_frame(queries, grid_query_frame),
+                                   backward_tracking):
+                return self._track_streamed(video, info, backward_tracking,
+                                            grid_size=grid_size, queries=queries,
                                             segm_mask=segm_mask,
                                             grid_query_frame=grid_query_frame)
-            self._check_memory_of(video, grid_size, queries, segm_mask)
+            self._check_memory_of(video, info, grid_size, queries)
         clip = as_clip(video, size=self.input_size)
         prompt = check_prompt(
             clip,
@@ -331,48 +445,34 @@ class Tracker(ABC):
         )
         return self._track(clip, prompt)
 
-    def _check_memory_of(self, path, grid_size, queries, segm_mask, held_frames=None,
-                         **sampling) -> None:
-        from ..video import count_kept, probe
+    def streams_prompt(self, first_frame_only: bool, backward_tracking: bool) -> bool:
+        """Whether the engine's stream gives `track`'s result for a prompt whose points all
+        start on the first frame (``first_frame_only``) or not: then `track` of a path, and
+        the CLI, decode into the stream. Window streams track forward only."""
+        if not self.streams or backward_tracking:
+            return False
+        return self.stream_late_queries or first_frame_only
 
-        info = probe(path)
-        frames = count_kept(info.num_frames, info.fps, **sampling)
+    def _check_memory_of(self, path, info, grid_size, queries, held_frames=None) -> None:
         points = len(queries) if queries is not None and np.ndim(queries) == 2 else 0
         if not points:
             points = max(int(grid_size), 1) ** 2 if isinstance(grid_size, int | np.integer) else 1
-        self.check_memory(frames, info.size, points, what=str(path), held_frames=held_frames)
+        self.check_memory(info.num_frames, info.size, points, what=str(path),
+                          held_frames=held_frames)
 
-    def _streams_prompt(self, queries, grid_query_frame, backward_tracking) -> bool:
-        """Whether `track` of a path goes through the engine's stream (see `track`)."""
-        if not self.streams or backward_tracking:
-            return False
-        if self.stream_late_queries:
-            return True
-        if queries is not None and np.ndim(queries) == 2 and np.shape(queries)[1] == 3:
-            starts = np.asarray(queries, dtype=np.float64)[:, 0]
-            return bool(np.all(starts == 0))
-        return grid_query_frame == 0
-
-    def _track_streamed(self, path, *, grid_size, queries, segm_mask,
-                        grid_query_frame) -> Tracks:
+    def _track_streamed(self, path, info, backward_tracking: bool, **prompt) -> Tracks:
         """`track` of a path through the engine's stream: frames are decoded a batch at a
         time, the prompt checked against the file's frame count before any is decoded."""
-        from ..video import iter_frames, probe
+        from ..video import iter_frames
 
-        info = probe(path)
-        batch = stream_batch(self.input_size or info.size)
-        # Held at once: the batch being decoded and the last one pushed (the window keeps
-        # views into it).
-        self._check_memory_of(path, grid_size, queries, segm_mask, held_frames=2 * batch)
-        shape = np.broadcast_to(np.zeros((), np.uint8), (info.num_frames, info.height,
-                                                         info.width, 3))
-        check_prompt(Clip(shape, np.arange(info.num_frames), info.fps, info.size),
-                     grid_size=grid_size, queries=queries, segm_mask=segm_mask,
-                     grid_query_frame=grid_query_frame)
-        stream = self.stream(grid_size=grid_size, queries=queries, segm_mask=segm_mask,
-                             grid_query_frame=grid_query_frame, source_size=info.size)
-        return feed_and_finish(stream, iter_frames(path, size=self.input_size), batch,
-                               fps=info.fps, what=str(path))
+        size = self.input_size or info.size
+        self._check_memory_of(path, info, prompt["grid_size"], prompt["queries"],
+                              held_frames=stream_held_frames(size))
+        check_prompt(blank_clip(info.num_frames, info.size, fps=info.fps), **prompt)
+        stream = self.stream(**prompt, source_size=info.size,
+                             **({"backward_tracking": True} if backward_tracking else {}))
+        return feed_and_finish(stream, iter_frames(path, size=self.input_size),
+                               stream_batch(size), fps=info.fps, what=str(path))
 
     @abstractmethod
     def _track(self, clip: Clip, prompt: Prompt) -> Tracks:

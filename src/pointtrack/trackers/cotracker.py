@@ -48,7 +48,10 @@ from .base import (
     Tracker,
     VideoLike,
     as_clip,
+    blank_clip,
     check_prompt,
+    check_stream_length,
+    check_stream_prompt,
     grid_points,
     stream_frames,
 )
@@ -496,11 +499,31 @@ class CoTracker3OfflineTracker(_CoTracker3Engine):
             return self._run_offline(frames, queries, groups, support, backward)
 
     def _run_offline(self, frames, queries, groups, support, backward):
+        return self._track_features(self._pyramid(self._encode(frames)), queries, groups,
+                                    support, backward)
+
+    def _encode(self, frames: np.ndarray | list[np.ndarray]) -> list[list[torch.Tensor]]:
+        """uint8 frames ``(T, h, w, 3)`` -> feature pyramids, one per encoder chunk."""
         model = self.model
-        T, N = len(frames), len(queries)
-        levels = [model.encode(self._to_model(x))
-                  for x in self._uploads(frames, model.cfg.encoder_chunk)]
-        pyramid = [torch.cat(level, dim=1) for level in zip(*levels, strict=True)]
+        return [model.encode(self._to_model(x))
+                for x in self._uploads(frames, model.cfg.encoder_chunk)]
+
+    @staticmethod
+    def _pyramid(chunks: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+        """The chunks' pyramids joined along time; empties ``chunks``, so that each chunk's
+        features are freed once copied rather than held beside the whole pyramid."""
+        pyramid = []
+        for level in range(len(chunks[0])):
+            pyramid.append(torch.cat([c[level] for c in chunks], dim=1))
+            for c in chunks:
+                c[level] = None
+        chunks.clear()
+        return pyramid
+
+    def _track_features(self, pyramid, queries, groups, support, backward):
+        """`_run` from the clip's features ``pyramid`` (level l: ``(1, T, h_l, w_l, C)``)."""
+        model = self.model
+        T, N = pyramid[0].shape[1], len(queries)
         reversed_pyramid = [p.flip(1) for p in pyramid] if backward else None
         if len(groups) > 1:
             xy = np.zeros((T, N, 2), np.float32)
@@ -522,6 +545,104 @@ class CoTracker3OfflineTracker(_CoTracker3Engine):
                 return tuple(o[:, :n] for o in out)
             xy[:, idx], vis[:, idx], conf[:, idx] = (o[:, :n] for o in out)
         return xy, vis, conf
+
+    def streams_prompt(self, first_frame_only: bool, backward_tracking: bool) -> bool:
+        return True  # the stream keeps every frame's features: any prompt, either direction
+
+    def stream(
+        self,
+        *,
+        grid_size: int = 0,
+        queries: Any = None,
+        segm_mask: Any = None,
+        grid_query_frame: int = 0,
+        backward_tracking: bool = False,
+        source_size: tuple[int, int] | None = None,
+    ) -> OfflineStream:
+        """A stream to `OfflineStream.feed` frames into as they are decoded; prompt as for
+        `track`, in pixels of the fed frames or of ``source_size`` (W, H) when they were
+        resized from it; query frames count from the first frame fed."""
+        return OfflineStream(self, grid_size=grid_size, queries=queries, segm_mask=segm_mask,
+                             grid_query_frame=grid_query_frame,
+                             backward_tracking=backward_tracking, source_size=source_size)
+
+
+class OfflineStream:
+    """Offline tracking of frames fed as they come (``tracker.stream(...)``).
+
+    ``feed(frames)`` takes uint8 frames ``(T, H, W, 3)`` (or one ``(H, W, 3)``) and runs the
+    encoder on them at once, so a caller's decoding overlaps the GPU's work and the frames
+    are not kept, only their features (on the model's device: memory still grows with the
+    clip, as offline tracking needs). ``finish()`` tracks the whole clip: identical to
+    ``tracker.track()`` of all the frames (the encoder sees the same chunks). ``push(frames)``
+    also returns the tracks of every frame so far, a full offline run per call.
+    """
+
+    def __init__(self, engine: CoTracker3OfflineTracker, *, grid_size=0, queries=None,
+                 segm_mask=None, grid_query_frame=0, backward_tracking=False,
+                 source_size: tuple[int, int] | None = None) -> None:
+        self.engine = engine
+        self.source_size = source_size
+        self.prompt_args = dict(grid_size=grid_size, queries=queries, segm_mask=segm_mask,
+                                grid_query_frame=grid_query_frame)
+        self.backward = bool(backward_tracking)
+        self.size: tuple[int, int] | None = None
+        self.waiting: list[np.ndarray] = []  # frames short of a whole encoder chunk
+        self.chunks: list[list[torch.Tensor]] = []  # each encoded chunk's pyramid
+        self.received = 0
+        self.needed = 1
+        self.finished = False
+
+    def feed(self, frames: Any) -> None:
+        """Encode ``frames`` (whole encoder chunks now, the rest with the next frames)."""
+        if self.finished:
+            raise RuntimeError("this stream is finished; start a new one")
+        frames = stream_frames(frames, self.size)
+        if self.size is None:
+            size = (frames.shape[2], frames.shape[1])
+            self.prompt, clip = check_stream_prompt(size, self.source_size, **self.prompt_args)
+            self.needed, self.size = clip.num_frames, size
+        self.received += len(frames)
+        kept = len(self.waiting)  # copies already
+        self.waiting.extend(frames)
+        chunk = self.engine.model.cfg.encoder_chunk
+        whole = len(self.waiting) // chunk * chunk
+        if whole:
+            self.chunks += self._encode(self.waiting[:whole])
+        rest, new = self.waiting[whole:], max(kept - whole, 0)
+        # Frames of this batch that wait are copied: a caller may reuse its buffer.
+        self.waiting = rest[:new] + [f.copy() for f in rest[new:]]
+
+    def push(self, frames: Any) -> Tracks:
+        self.feed(frames)
+        return self._tracks([list(c) for c in self.chunks])  # the stream keeps its own
+
+    def finish(self) -> Tracks:
+        """Track the whole stream (its features are released as they are joined)."""
+        check_stream_length(self.received, self.needed)
+        self.finished = True
+        chunks, self.chunks = self.chunks, []
+        return self._tracks(chunks)
+
+    def _encode(self, frames: list[np.ndarray]) -> list[list[torch.Tensor]]:
+        engine = self.engine
+        with torch.inference_mode(), engine.autocast(), engine.heap():
+            return engine._encode(frames)
+
+    def _tracks(self, chunks: list[list[torch.Tensor]]) -> Tracks:
+        """Tracks of every frame received: ``chunks`` and the frames still waiting."""
+        check_stream_length(self.received, self.needed)
+        if self.waiting:  # encoded for this result only: `finish` encodes them with the rest
+            chunks = chunks + self._encode(self.waiting)
+        engine = self.engine
+        clip = blank_clip(self.received, self.size, self.source_size)
+        queries, support = engine._model_queries(self.size, self.prompt)
+        groups = engine._groups(len(queries), support)
+        with torch.inference_mode(), engine.autocast(), engine.heap():
+            pyramid = engine._pyramid(chunks)
+            xy, vis, conf = engine._track_features(pyramid, queries, groups, support,
+                                                  self.backward)
+        return engine._to_tracks(clip, queries, xy, vis, conf)
 
 
 # -- Online -----------------------------------------------------------------------------------
@@ -701,20 +822,8 @@ class OnlineStream:
         self.finished = False
 
     def _start(self, size: tuple[int, int]) -> None:
-        q = self.prompt_args["queries"]
-        if q is not None and hasattr(q, "detach"):
-            q = q.detach().cpu().numpy()
-        last = int(self.prompt_args["grid_query_frame"])
-        if q is not None and np.size(q) and np.ndim(q) == 2 and np.shape(q)[1] == 3:
-            qt = np.asarray(q, dtype=np.float64)[:, 0]
-            if np.isfinite(qt).all():
-                last = max(last, int(qt.max()))
-        self.needed = max(last, 0) + 1
-        # Check the prompt on a pixel-less clip long enough for every query frame.
-        w, h = size
-        shape = np.broadcast_to(np.zeros((), np.uint8), (self.needed, h, w, 3))
-        self.clip = Clip(shape, np.arange(self.needed), 0.0, self.source_size or size)
-        self.prompt = check_prompt(self.clip, **self.prompt_args)
+        self.prompt, self.clip = check_stream_prompt(size, self.source_size, **self.prompt_args)
+        self.needed = self.clip.num_frames
         self.queries, support = self.engine._model_queries(size, self.prompt)
         groups = self.engine._groups(len(self.queries), support)
         self.size = size
@@ -736,11 +845,7 @@ class OnlineStream:
 
     def finish(self) -> Tracks:
         """Track the frames still waiting and return the tracks of the whole stream."""
-        if self.windows is None:
-            raise PromptError("no frames were pushed")
-        if self.windows.received < self.needed:
-            raise PromptError(f"the prompt refers to frame {self.needed - 1}, but the stream "
-                              f"ended after {self.windows.received} frames")
+        check_stream_length(0 if self.windows is None else self.windows.received, self.needed)
         self.finished = True
         with self.engine.heap():
             rows = self.windows.finish()
@@ -748,8 +853,5 @@ class OnlineStream:
 
     def _tracks(self, rows) -> Tracks:
         xy, vis, conf = rows
-        T = len(xy)
-        w, h = self.size
-        clip = Clip(np.broadcast_to(np.zeros((), np.uint8), (T, h, w, 3)), np.arange(T), 0.0,
-                    self.clip.source_size)
+        clip = blank_clip(len(xy), self.size, self.clip.source_size)
         return self.engine._to_tracks(clip, self.queries, xy, vis, conf)

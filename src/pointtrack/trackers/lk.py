@@ -15,7 +15,15 @@ import numpy as np
 from ..tracks import Tracks
 from ..video import Clip
 from . import register
-from .base import Prompt, PromptError, Tracker, check_prompt, grid_points, held, stream_frames
+from .base import (
+    Prompt,
+    Tracker,
+    check_stream_length,
+    check_stream_prompt,
+    grid_points,
+    held,
+    stream_frames,
+)
 
 
 @register("lk")
@@ -175,18 +183,8 @@ class LKStream:
         self.visible: np.ndarray
 
     def _start(self, size: tuple[int, int]) -> None:
-        q = self.prompt_args["queries"]
-        last = int(self.prompt_args["grid_query_frame"])
-        if q is not None and np.ndim(q) == 2 and np.shape(q)[1] == 3 and np.size(q):
-            qt = np.asarray(q, dtype=np.float64)[:, 0]
-            if np.isfinite(qt).all():
-                last = max(last, int(qt.max()))
-        self.needed = max(last, 0) + 1
-        # The prompt is checked on a pixel-less clip long enough for every query frame.
-        w, h = size
-        self.clip = Clip(np.broadcast_to(np.zeros((), np.uint8), (self.needed, h, w, 3)),
-                         np.arange(self.needed), 0.0, self.source_size or size)
-        prompt = check_prompt(self.clip, **self.prompt_args)
+        prompt, self.clip = check_stream_prompt(size, self.source_size, **self.prompt_args)
+        self.needed = self.clip.num_frames
         if prompt.queries is not None:
             self.queries = prompt.queries
         else:
@@ -236,11 +234,7 @@ class LKStream:
             self.t += 1
 
     def finish(self) -> Tracks:
-        if self.size is None:
-            raise PromptError("no frames were pushed")
-        if self.t < self.needed:
-            raise PromptError(f"the prompt refers to frame {self.needed - 1}, but the stream "
-                              f"ended after {self.t} frames")
+        check_stream_length(self.t, 0 if self.size is None else self.needed)
         return self._tracks()
 
     def _tracks(self) -> Tracks:
