@@ -232,6 +232,10 @@ def test_offline_stream_push_feed_finish(offline):
         late.finish()
     with pytest.raises(PromptError, match="no frames"):
         offline.stream(grid_size=2).finish()
+    far = offline.stream(queries=[[10**12, 8.0, 8.0]])  # checked at the end, nothing allocated
+    far.feed(video[:1])
+    with pytest.raises(PromptError, match="refers to frame 1000000000000"):
+        far.finish()
 
 
 def test_stream_checks_frames_and_prompt(online):

@@ -272,6 +272,12 @@ class Frame:
     image: np.ndarray
 
 
+#: Threads that convert and resize decoded frames (`iter_frames`).
+RGB_WORKERS = 4
+#: FFmpeg's decoding threads per video (0: its own choice, a thread per core).
+DECODE_THREADS = 0
+
+
 def iter_frames(
     path: str | os.PathLike,
     *,
@@ -294,12 +300,13 @@ def iter_frames(
     container = _open(path)
     # Converting and resizing a frame (swscale, GIL released) costs more than decoding it
     # (FFmpeg's own threads): a few workers convert frames in order, a bounded few ahead.
-    workers = min(4, os.cpu_count() or 1)
+    workers = min(RGB_WORKERS, os.cpu_count() or 1)
     pool = ThreadPoolExecutor(workers, thread_name_prefix="pointtrack-rgb")
     ahead: deque[tuple[int, Future]] = deque()
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        stream.thread_count = DECODE_THREADS
         source_fps = float(stream.average_rate or stream.guessed_rate or 0) or 0.0
         _check_sampling(every, fps, max_frames, start, end, source_fps)
         kept = 0

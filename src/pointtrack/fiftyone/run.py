@@ -235,9 +235,10 @@ class SampleWork:
                                 queries=queries, grid_query_frame=row,
                                 source_size=clip.info.size)
         frames = iter_frames(clip.path, size=self.input_size, **self.sampling)
-        return feed_and_finish(stream, frames, batch, what=clip.path,
-                               fps=sampled_fps(clip.info.fps, every=self.sampling["every"],
-                                               fps=self.sampling["fps"]))
+        with tracker.heap():
+            return feed_and_finish(stream, frames, batch, what=clip.path,
+                                   fps=sampled_fps(clip.info.fps, every=self.sampling["every"],
+                                                   fps=self.sampling["fps"]))
 
     def store(self, job: Job, result: tuple) -> None:
         tracks, sources = result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import queue
@@ -223,7 +224,8 @@ def check_stream_prompt(size: tuple[int, int], source_size: tuple[int, int] | No
     from ``source_size``): on a pixel-less clip just long enough for every query frame,
     which is returned too (its length is the frames the stream must receive)."""
     needed = frames_needed(prompt.get("queries"), prompt.get("grid_query_frame", 0))
-    clip = blank_clip(needed, size, source_size)
+    # No frame numbers: a query may name frame 10^12, which the stream's end then refuses.
+    clip = blank_clip(needed, size, source_size, frame_numbers=np.empty(0, np.int64))
     return check_prompt(clip, **prompt), clip
 
 
@@ -471,8 +473,14 @@ class Tracker(ABC):
         check_prompt(blank_clip(info.num_frames, info.size, fps=info.fps), **prompt)
         stream = self.stream(**prompt, source_size=info.size,
                              **({"backward_tracking": True} if backward_tracking else {}))
-        return feed_and_finish(stream, iter_frames(path, size=self.input_size),
-                               stream_batch(size), fps=info.fps, what=str(path))
+        with self.heap():  # one scope for all the batches' model calls
+            return feed_and_finish(stream, iter_frames(path, size=self.input_size),
+                                   stream_batch(size), fps=info.fps, what=str(path))
+
+    def heap(self) -> contextlib.AbstractContextManager:
+        """Context around a run of model calls (CoTracker3 on CPU keeps freed memory in the
+        heap until the outermost one ends: `kept_heap`)."""
+        return contextlib.nullcontext()
 
     @abstractmethod
     def _track(self, clip: Clip, prompt: Prompt) -> Tracks:
