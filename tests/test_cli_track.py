@@ -202,6 +202,33 @@ def test_online_streamed_equals_decoded(make_video, tmp_path, monkeypatch, onlin
     assert streamed.num_frames == 9 and streamed.equals(decoded)
 
 
+@pytest.fixture(scope="module")
+def offline_checkpoint(tmp_path_factory):
+    import torch
+
+    from pointtrack.models.cotracker3 import CoTracker3Offline
+    from pointtrack.models.weights import model_shapes, synthetic_state_dict
+
+    path = tmp_path_factory.mktemp("weights") / "offline.pth"
+    torch.save(synthetic_state_dict(model_shapes(CoTracker3Offline()), seed=0), path)
+    return path
+
+
+def test_offline_streamed_equals_decoded(make_video, tmp_path, monkeypatch, offline_checkpoint):
+    """cotracker3-offline encodes each batch as it decodes, so the CLI streams every prompt
+    into it: backward tracking of late queries on every second frame gives the Tracks of
+    the whole decoded clip."""
+    path, _ = make_video(num_frames=16, size=(96, 64), fps=10)
+    qfile = tmp_path / "q.csv"
+    qfile.write_text("0,40,30\n8,70.5,20\n14,95,63\n")
+    streamed, decoded = track_both_ways(
+        monkeypatch, tmp_path, path, "--engine", "cotracker3-offline", "--checkpoint",
+        offline_checkpoint, "--device", "cpu", "--queries", qfile, "--every", 2, "--backward")
+    assert streamed.frame_numbers.tolist() == list(range(0, 16, 2))
+    assert streamed.equals(decoded)
+    assert streamed.visible[:4, 1].any()  # the point from frame 8, tracked back
+
+
 def test_streamed_run_is_not_refused_for_memory(tmp_path, monkeypatch):
     """A streamed run holds a batch of frames, not the clip: 1500 frames pass a memory limit
     that refuses decoding them whole (and --backward, which needs the whole clip)."""
