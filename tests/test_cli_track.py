@@ -167,16 +167,22 @@ def test_lk_late_queries_are_not_streamed(make_video, tmp_path, monkeypatch):
     assert "stream" not in tracks.options
 
 
-@pytest.fixture(scope="module")
-def online_checkpoint(tmp_path_factory):
+def synthetic_checkpoint(tmp_path_factory, model_class, name: str):
+    """A checkpoint file of ``model_class``'s synthetic weights (the parity recipe)."""
     import torch
 
-    from pointtrack.models.cotracker3 import CoTracker3Online
     from pointtrack.models.weights import model_shapes, synthetic_state_dict
 
-    path = tmp_path_factory.mktemp("weights") / "online.pth"
-    torch.save(synthetic_state_dict(model_shapes(CoTracker3Online()), seed=0), path)
+    path = tmp_path_factory.mktemp("weights") / name
+    torch.save(synthetic_state_dict(model_shapes(model_class()), seed=0), path)
     return path
+
+
+@pytest.fixture(scope="module")
+def online_checkpoint(tmp_path_factory):
+    from pointtrack.models.cotracker3 import CoTracker3Online
+
+    return synthetic_checkpoint(tmp_path_factory, CoTracker3Online, "online.pth")
 
 
 def test_online_streamed_equals_decoded(make_video, tmp_path, monkeypatch, online_checkpoint):
@@ -204,14 +210,9 @@ def test_online_streamed_equals_decoded(make_video, tmp_path, monkeypatch, onlin
 
 @pytest.fixture(scope="module")
 def offline_checkpoint(tmp_path_factory):
-    import torch
-
     from pointtrack.models.cotracker3 import CoTracker3Offline
-    from pointtrack.models.weights import model_shapes, synthetic_state_dict
 
-    path = tmp_path_factory.mktemp("weights") / "offline.pth"
-    torch.save(synthetic_state_dict(model_shapes(CoTracker3Offline()), seed=0), path)
-    return path
+    return synthetic_checkpoint(tmp_path_factory, CoTracker3Offline, "offline.pth")
 
 
 def test_offline_streamed_equals_decoded(make_video, tmp_path, monkeypatch, offline_checkpoint):

@@ -278,9 +278,8 @@ def track_streamed(args, tracker, queries, mask, info, sampled: np.ndarray, batc
     frames = iter_frames(args.video, size=tracker.input_size, **sampling(args))
     # disable=None: no bar when stderr is not a terminal (logs, CI, pipes).
     bar = tqdm(frames, desc="track", unit="frame", leave=False, disable=None, total=len(sampled))
-    with tracker.heap():
-        tracks = feed_and_finish(stream, bar, batch, what=str(args.video),
-                                 fps=sampled_fps(info.fps, every=args.every, fps=args.fps))
+    tracks = feed_and_finish(tracker, stream, bar, batch, what=str(args.video),
+                             fps=sampled_fps(info.fps, every=args.every, fps=args.fps))
     report(tracks, time.perf_counter() - started, "decoding included")
     return tracks
 

@@ -235,10 +235,9 @@ class SampleWork:
                                 queries=queries, grid_query_frame=row,
                                 source_size=clip.info.size)
         frames = iter_frames(clip.path, size=self.input_size, **self.sampling)
-        with tracker.heap():
-            return feed_and_finish(stream, frames, batch, what=clip.path,
-                                   fps=sampled_fps(clip.info.fps, every=self.sampling["every"],
-                                                   fps=self.sampling["fps"]))
+        return feed_and_finish(tracker, stream, frames, batch, what=clip.path,
+                               fps=sampled_fps(clip.info.fps, every=self.sampling["every"],
+                                               fps=self.sampling["fps"]))
 
     def store(self, job: Job, result: tuple) -> None:
         tracks, sources = result

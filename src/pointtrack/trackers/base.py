@@ -147,25 +147,28 @@ def read_ahead(items: Iterable[Any], ahead: int) -> Iterator[Any]:
         worker.join()
 
 
-def feed_and_finish(stream: Any, frames: Iterable[Frame], batch: int, fps: float,
-                    what: str) -> Tracks:
-    """Feed decoded ``frames`` into ``stream`` ``batch`` at a time and finish it: the tracks
-    with the frames' source numbers (a stream counts rows from its first frame) and ``fps``
-    (the sampled rate). `VideoError` naming ``what`` when no frame came. The frames are made
-    a batch ahead in another thread (`read_ahead`)."""
+def feed_and_finish(tracker: Tracker, stream: Any, frames: Iterable[Frame], batch: int,
+                    fps: float, what: str) -> Tracks:
+    """Feed decoded ``frames`` into ``tracker``'s ``stream`` ``batch`` at a time and finish
+    it: the tracks with the frames' source numbers (a stream counts rows from its first
+    frame) and ``fps`` (the sampled rate). `VideoError` naming ``what`` when no frame came.
+    The frames are made a batch ahead in another thread (`read_ahead`); the batches' model
+    calls share one `Tracker.heap` scope."""
     numbers: list[int] = []
     chunk: list[np.ndarray] = []
-    for frame in read_ahead(frames, batch):
-        numbers.append(frame.index)
-        chunk.append(frame.image)
-        if len(chunk) == batch:
+    with tracker.heap():
+        for frame in read_ahead(frames, batch):
+            numbers.append(frame.index)
+            chunk.append(frame.image)
+            if len(chunk) == batch:
+                stream.feed(np.stack(chunk))
+                chunk = []
+        if chunk:
             stream.feed(np.stack(chunk))
-            chunk = []
-    if chunk:
-        stream.feed(np.stack(chunk))
-    if not numbers:
-        raise VideoError(f"{what}: no frames in the requested range")
-    return replace(stream.finish(), frame_numbers=np.asarray(numbers, np.int64), fps=fps)
+        if not numbers:
+            raise VideoError(f"{what}: no frames in the requested range")
+        tracks = stream.finish()
+    return replace(tracks, frame_numbers=np.asarray(numbers, np.int64), fps=fps)
 
 
 def stream_frames(frames: Any, size: tuple[int, int] | None) -> np.ndarray:
@@ -473,9 +476,8 @@ class Tracker(ABC):
         check_prompt(blank_clip(info.num_frames, info.size, fps=info.fps), **prompt)
         stream = self.stream(**prompt, source_size=info.size,
                              **({"backward_tracking": True} if backward_tracking else {}))
-        with self.heap():  # one scope for all the batches' model calls
-            return feed_and_finish(stream, iter_frames(path, size=self.input_size),
-                                   stream_batch(size), fps=info.fps, what=str(path))
+        return feed_and_finish(self, stream, iter_frames(path, size=self.input_size),
+                               stream_batch(size), fps=info.fps, what=str(path))
 
     def heap(self) -> contextlib.AbstractContextManager:
         """Context around a run of model calls (CoTracker3 on CPU keeps freed memory in the
