@@ -550,6 +550,24 @@ def test_cpu_bf16_encoder_runs_channels_last_and_stays_near_fp32(monkeypatch):
     torch.testing.assert_close(fp32, reference, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("size", [(24, 32), (12, 16), (48, 64)])
+def test_cpu_bf16_norm_keeps_channels_last_on_small_and_large_maps(size):
+    """The CNN's norm in bf16 on CPU: small maps (a channels-first group norm, the
+    channels-last kernel being slow there) and large ones (channels-last) alike return
+    channels-last maps with the instance norm's values."""
+    from pointtrack.models import cotracker3 as m
+
+    torch.manual_seed(0)
+    x = (torch.randn(2, 128, *size) * 3 + 1).bfloat16().contiguous(
+        memory_format=torch.channels_last)
+    norm = torch.nn.InstanceNorm2d(128)
+    with torch.inference_mode():
+        got = m.instance_norm(norm, x)
+    assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last)
+    want = torch.nn.functional.instance_norm(x.float())
+    assert (got.float() - want).abs().max() < 0.03  # bf16 rounding of values up to ~4
+
+
 def test_cpu_bf16_mlp_gelu_in_the_epilogue_is_nearer_fp32(monkeypatch):
     """oneDNN's linear with the GELU in its epilogue (bf16 on CPU, inference) is at least as
     close to fp32 as the separate GELU; without the op, the separate GELU runs."""
