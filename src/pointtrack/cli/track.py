@@ -37,7 +37,7 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda or auto (CoTracker3 engines)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
                    help="CoTracker3 engines: fp32 (default, parity) or bf16 (fast on GPU, and "
-                        "~2x fp32 on CPUs with AVX-512 BF16 or AMX)")
+                        "2-4x fp32 on CPUs with AVX-512 BF16 or AMX)")
     p.add_argument("--no-compile", action="store_true",
                    help="CoTracker3 on GPU in bf16/fp16: skip torch.compile of the encoder "
                         "(saves ~15 s once per process, costs ~30 ms per 80 frames)")

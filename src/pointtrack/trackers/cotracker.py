@@ -115,8 +115,8 @@ kept_heap = _KeptHeap()
 
 def fast_cpu_precision(precision: str) -> bool:
     """Whether this CPU runs ``precision`` at least as fast as fp32. oneDNN's bf16 kernels
-    need AVX-512 (native with AVX-512 BF16 or AMX: ~2x fp32); on AVX2 alone it falls back to
-    reference code. fp16 needs AVX-512 FP16 or AMX."""
+    need AVX-512 (native with AVX-512 BF16 or AMX: 2-4x fp32 measured); on AVX2 alone it
+    falls back to reference code. fp16 needs AVX-512 FP16 or AMX."""
     if precision == "fp32":
         return True
     check = {"bf16": "_is_mkldnn_bf16_supported", "fp16": "_is_mkldnn_fp16_supported"}
