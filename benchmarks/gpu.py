@@ -6,7 +6,9 @@ queries for both. Time runs from frames in host memory to tracks in host memory;
 pointtrack gets uint8 frames at model resolution (what its decoder produces); the official
 predictor gets full-resolution float frames, as its demo feeds them.
 
-End-to-end rows (``-e2e``) run from an H.264 file of the same frames to tracks in host memory,
+The model rows compile the encoder (``compile=True``, opt-in in the library): they time a
+warm process, where the compilation is paid; ``--no-compile`` times the library's default.
+End-to-end rows (``-e2e``) run the library's defaults (no compilation) from an H.264 file of the same frames to tracks in host memory,
 decoding included: pointtrack decodes straight to model resolution; the official side reads
 full-resolution frames as its demos do (`demo.py` the whole video, `online_demo.py` frame by
 frame, a window every ``step`` frames).
@@ -95,11 +97,13 @@ def agreement(tracks, reference) -> dict:
     }
 
 
-def ours(case: dict, frames_model: np.ndarray, state_dict: dict, precision: str):
+def ours(case: dict, frames_model: np.ndarray, state_dict: dict, precision: str,
+         compile: bool = True):
     from pointtrack.trackers import load_tracker
 
     name = f"cotracker3-{case['mode']}"
-    options = {} if precision == "fp32" else {"precision": precision}
+    options = {"compile": compile} if precision == "fp32" else {"precision": precision,
+                                                                "compile": compile}
     tracker = load_tracker(name, checkpoint=state_dict, device="cuda", **options)
     W, H = case["size"]
 
@@ -237,6 +241,9 @@ def main(argv=None) -> int:
     p.add_argument("--reference", type=Path, help="local copy of the official co-tracker repo")
     p.add_argument("--skip-reference", default="", help="cases not to run the official code on")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                   help="model rows: compile the encoder (default; the library's default is "
+                        "off, which the file-to-tracks rows keep)")
     p.add_argument("--e2e-precision", default="bf16",
                    help="comma-separated precisions of the end-to-end (file to tracks) rows; "
                         "'' for none")
@@ -270,10 +277,11 @@ def main(argv=None) -> int:
             gc.collect()
             torch.cuda.empty_cache()
         if args.profile and not rows:
-            profile(ours(case, frames_model, state_dict, args.precision.split(",")[0]))
+            profile(ours(case, frames_model, state_dict, args.precision.split(",")[0],
+                         args.compile))
         for precision in args.precision.split(","):
             results[f"pointtrack-{precision}"] = measure(
-                ours(case, frames_model, state_dict, precision), args.repeats
+                ours(case, frames_model, state_dict, precision, args.compile), args.repeats
             )
             gc.collect()
             torch.cuda.empty_cache()

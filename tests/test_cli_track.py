@@ -253,3 +253,19 @@ def test_streamed_run_is_not_refused_for_memory(tmp_path, monkeypatch):
     with pytest.raises(PromptError, match="100000 frames with cotracker3-online"):
         online.check_memory(100_000, (1920, 1080), 100)
     online.check_memory(100_000, (1920, 1080), 100, held_frames=64)
+
+
+def test_compile_flag_reaches_the_engine_only_when_given():
+    """`--compile` / `--no-compile` pass the engine's option; without either, the engine's
+    default (off) stands, for `track` and the commands that share its engine flags."""
+    from pointtrack.cli import build_parser
+    from pointtrack.cli.track import engine_options
+
+    parser = build_parser()
+    for argv, want in ((["--compile"], {"compile": True}), (["--no-compile"], {"compile": False}),
+                       ([], {})):
+        args = parser.parse_args(["track", "clip.mp4", "--engine", "cotracker3-offline", *argv])
+        assert engine_options(args) == want
+        args = parser.parse_args(["dataset", "track", "ds", "--engine", "cotracker3-offline",
+                                  *argv])
+        assert engine_options(args) == want

@@ -398,6 +398,7 @@ def test_cli_track_with_checkpoint_file(offline_weights, tmp_path, capsys):
     # Grid points start inside the 64x48 source frame, on frame 0.
     assert (tracks.xy[0, :, 0] >= 0).all() and (tracks.xy[0, :, 0] <= 64).all()
     assert tracks.visible[0].all()
+    assert tracks.options["compile"] is False  # the CNN compiles only when asked (--compile)
     code = cli.main(["track", str(video), "--engine", "cotracker3-offline", "--checkpoint",
                      str(tmp_path / "missing.pth"), "--grid-size", "3", "--out", str(out)])
     assert code == 2

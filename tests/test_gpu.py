@@ -104,11 +104,21 @@ def test_offline_path_encoded_while_decoding_equals_decoded_clip_bf16(tmp_path):
 
     path = write_video(tmp_path / "clip.mp4", _video(T=45), fps=15.0)
     tracker = load_tracker("cotracker3-offline", checkpoint=_weights(CoTracker3Offline),
-                           device="cuda", precision="bf16")
+                           device="cuda", precision="bf16", compile=True)
     clip = read_clip(path, size=tracker.input_size)
     q = np.array([[0, 20.0, 20.0], [30, 60.0, 40.0]])
     for kwargs in (dict(grid_size=6), dict(queries=q, backward_tracking=True)):
         assert tracker.track(path, **kwargs).equals(tracker.track(clip, **kwargs))
+    assert "fnet" in tracker.model.__dict__["_compiled"]  # compile=True took the compiled CNN
+
+
+def test_encoder_is_not_compiled_unless_asked():
+    """Compiling the CNN costs 12-35 s per process for ~0.4 ms a frame: off by default."""
+    tracker = load_tracker("cotracker3-offline", checkpoint=_weights(CoTracker3Offline),
+                           device="cuda", precision="bf16", progress=False)
+    tracker.track(_video(T=20), grid_size=4)
+    assert tracker.options["compile"] is False
+    assert "fnet" not in tracker.model.__dict__.get("_compiled", {})
 
 
 def test_fused_bf16_tracks_match_pytorch_path(monkeypatch):
@@ -177,6 +187,7 @@ def test_compiled_encoder_is_as_close_to_fp32_as_eager_bf16():
         bf16 = CoTracker3Offline().cuda().eval()
         bf16.load_state_dict(model.state_dict())
         bf16 = bf16.bfloat16()
+        bf16.cfg.compile_encoder = True  # opt-in (engines: compile=True)
         compiled = bf16.encode(video)  # 11 frames: a full chunk of 8 and a padded one
         assert "fnet" in bf16.__dict__["_compiled"]
         bf16.cfg.compile_encoder = False

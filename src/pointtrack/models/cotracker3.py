@@ -58,7 +58,9 @@ class CoTracker3Config:
     token_budget: int = 2**16  # tokens per transformer chunk (bounds activations, exact)
     attention_budget: int = 2**16  # context tokens per virtual-track attention (GPU: 2**19)
     cuda_graphs: bool = True  # online, on GPU: windows replay one captured CUDA graph
-    compile_encoder: bool = True  # on GPU in bf16/fp16: torch.compile the CNN (fused norms)
+    # On GPU in bf16/fp16: torch.compile the CNN (fused norms; ~0.4 ms less per frame after
+    # 12-35 s of compiling per process). Off unless asked for: see the engines' `compile`.
+    compile_encoder: bool = False
     # cuDNN's attention builds a graph per new shape: 0.3-2.4 s for each new video length or
     # point count on an H200, against ~4% faster calls once built. Off: flash/efficient SDPA.
     cudnn_attention: bool = False

@@ -195,7 +195,7 @@ class _CoTracker3Engine(Tracker):
         max_points: int = 65536,
         support_grid: bool = True,
         precision: str = "fp32",
-        compile: bool = True,
+        compile: bool = False,
         progress: bool = True,
     ) -> None:
         if precision not in PRECISIONS:
@@ -479,8 +479,11 @@ class CoTracker3OfflineTracker(_CoTracker3Engine):
         max_points: points per model call (support points included); more go in groups.
         support_grid: track a 6x6 support grid alongside queries and masks.
         precision: ``fp32`` (parity with the official model), ``bf16`` or ``fp16``.
-        compile: on GPU in bf16, run the encoder through ``torch.compile`` (2.3x faster
-            encoder after a one-time compilation of ~15 s per process).
+        compile: on GPU in bf16, run the encoder through ``torch.compile``: ~0.4 ms less per
+            frame, after 12-35 s of compilation per process (Inductor's disk cache warm or
+            cold; H200, `benchmarks/NOTES.md` session 15). Off by default: file to tracks was
+            no faster with it (the encoder runs while frames decode), and it pays only past
+            tens of thousands of frames in one process.
     """
 
     default_checkpoint = "scaled_offline"
