@@ -9,9 +9,9 @@ predictor gets full-resolution float frames, as its demo feeds them.
 The model rows compile the encoder (``compile=True``, opt-in in the library): they time a
 warm process, where the compilation is paid; ``--no-compile`` times the library's default.
 End-to-end rows (``-e2e``) run the library's defaults (no compilation) from an H.264 file
-of the same frames to tracks in host memory, decoding included: pointtrack decodes straight to model resolution; the official side reads
-full-resolution frames as its demos do (`demo.py` the whole video, `online_demo.py` frame by
-frame, a window every ``step`` frames).
+of the same frames to tracks in host memory, decoding included: pointtrack decodes straight
+to model resolution; the official side reads full-resolution frames as its demos do
+(`demo.py` the whole video, `online_demo.py` frame by frame, a window every ``step`` frames).
 
     python benchmarks/gpu.py --reference .ref/co-tracker --out benchmarks/results/gpu.json
 
