@@ -110,15 +110,19 @@ def test_offline_path_encoded_while_decoding_equals_decoded_clip_bf16(tmp_path):
     for kwargs in (dict(grid_size=6), dict(queries=q, backward_tracking=True)):
         assert tracker.track(path, **kwargs).equals(tracker.track(clip, **kwargs))
     assert "fnet" in tracker.model.__dict__["_compiled"]  # compile=True took the compiled CNN
+    assert tracker.model.cfg.cudnn_benchmark  # and cuDNN's autotuner with it
 
 
 def test_encoder_is_not_compiled_unless_asked():
-    """Compiling the CNN costs 12-35 s per process for ~0.4 ms a frame: off by default."""
+    """Compiling the CNN costs 12-35 s per process for ~0.4 ms a frame, and cuDNN's
+    autotuner 0.3-0.6 s per new video length for no gain with the eager CNN: both off by
+    default."""
     tracker = load_tracker("cotracker3-offline", checkpoint=_weights(CoTracker3Offline),
                            device="cuda", precision="bf16", progress=False)
     tracker.track(_video(T=20), grid_size=4)
     assert tracker.options["compile"] is False
     assert "fnet" not in tracker.model.__dict__.get("_compiled", {})
+    assert not tracker.model.cfg.cudnn_benchmark  # 0.3-0.6 s at each new length, no gain
 
 
 def test_fused_bf16_tracks_match_pytorch_path(monkeypatch):

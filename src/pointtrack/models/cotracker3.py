@@ -64,7 +64,9 @@ class CoTracker3Config:
     # cuDNN's attention builds a graph per new shape: 0.3-2.4 s for each new video length or
     # point count on an H200, against ~4% faster calls once built. Off: flash/efficient SDPA.
     cudnn_attention: bool = False
-    cudnn_benchmark: bool = True  # on GPU: cuDNN times its convolution algorithms once per shape
+    # On GPU: cuDNN times its convolution algorithms once per shape (pays with the compiled
+    # CNN; the engines turn it on with `compile`).
+    cudnn_benchmark: bool = False
     # On CPU in bf16/fp16 the CNN runs channels-last: oneDNN's convolutions skip two layout
     # copies each and the resizes run 9x faster (encoder -20% on 2 cores). Not fp32: see
     # `instance_norm`.
@@ -488,9 +490,8 @@ class CoTracker3(nn.Module):
         chunks = []
         step = self.cfg.encoder_chunk
         compiled = self._compiled_encoder(video)
-        # cuDNN's autotuner finds faster convolutions for these few fixed shapes in bf16 (the
-        # engines leave it off in fp32: no gain, huge trial workspaces); scoped here so the
-        # caller's setting stays as it was.
+        # cuDNN's autotuner (`cfg.cudnn_benchmark`: the engines turn it on with the compiled
+        # CNN in bf16) is scoped here, so the caller's setting stays as it was.
         benchmark = torch.backends.cudnn.benchmark
         torch.backends.cudnn.benchmark = benchmark or (video.is_cuda and self.cfg.cudnn_benchmark)
         try:

@@ -262,10 +262,11 @@ class _CoTracker3Engine(Tracker):
             dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
             self._model = model.to(self.device, dtype).eval()
             self._model.cfg.compile_encoder = self.compile
-            # cuDNN's convolution autotuner pays in bf16 (9% faster online on an H200) but not
-            # in fp32, where it also tried workspaces of 55 GiB once and kept 230 MiB more of
-            # host memory in loaded kernels (`benchmarks/NOTES.md`, session 5).
-            self._model.cfg.cudnn_benchmark = dtype != torch.float32
+            # cuDNN's convolution autotuner goes with the compiled CNN (9% faster online on an
+            # H200, session 5). With the eager CNN it gained 0-1% and cost 0.3-0.6 s at each
+            # new video length (session 15); in fp32 it tried workspaces of 55 GiB and kept
+            # 230 MiB more of host memory (session 5; `benchmarks/NOTES.md`).
+            self._model.cfg.cudnn_benchmark = dtype != torch.float32 and self.compile
             if self.device.type == "cpu":
                 # Smaller chunks on CPU: with the heap kept (`kept_heap`) the blocks are reused,
                 # and the peak memory drops with no loss of speed (2 cores, 24 frames).
@@ -479,11 +480,12 @@ class CoTracker3OfflineTracker(_CoTracker3Engine):
         max_points: points per model call (support points included); more go in groups.
         support_grid: track a 6x6 support grid alongside queries and masks.
         precision: ``fp32`` (parity with the official model), ``bf16`` or ``fp16``.
-        compile: on GPU in bf16, run the encoder through ``torch.compile``: ~0.4 ms less per
-            frame, after 12-35 s of compilation per process (Inductor's disk cache warm or
-            cold; H200, `benchmarks/NOTES.md` session 15). Off by default: file to tracks was
-            no faster with it (the encoder runs while frames decode), and it pays only past
-            tens of thousands of frames in one process.
+        compile: on GPU in bf16, run the encoder through ``torch.compile`` and let cuDNN
+            time its convolutions: ~0.4 ms less per frame, after 12-35 s of compilation per
+            process (Inductor's disk cache warm or cold) and 0.3-0.6 s at each new video
+            length (H200, `benchmarks/NOTES.md` session 15). Off by default: file to tracks
+            was no faster with it (the encoder runs while frames decode), and it pays only
+            past tens of thousands of frames in one process.
     """
 
     default_checkpoint = "scaled_offline"
