@@ -102,8 +102,9 @@ def ours(case: dict, frames_model: np.ndarray, state_dict: dict, precision: str,
     from pointtrack.trackers import load_tracker
 
     name = f"cotracker3-{case['mode']}"
-    options = {"compile": compile} if precision == "fp32" else {"precision": precision,
-                                                                "compile": compile}
+    options = {"compile": compile}
+    if precision != "fp32":
+        options["precision"] = precision
     tracker = load_tracker(name, checkpoint=state_dict, device="cuda", **options)
     W, H = case["size"]
 
