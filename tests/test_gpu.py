@@ -125,6 +125,35 @@ def test_encoder_is_not_compiled_unless_asked():
     assert not tracker.model.cfg.cudnn_benchmark  # 0.3-0.6 s at each new length, no gain
 
 
+def test_loading_the_weights_preloads_the_triton_kernels_on_a_thread():
+    """A fresh process's first kernel launch would import Triton and hash Triton's files
+    (~0.7 s on an H200's host): the engine starts both on a thread when it loads its weights,
+    before any frame is tracked."""
+    import subprocess
+    import sys
+
+    code = """
+import sys, threading, time
+from pointtrack.models.cotracker3 import CoTracker3Offline
+from pointtrack.trackers import load_tracker
+tracker = load_tracker("cotracker3-offline", checkpoint=CoTracker3Offline().state_dict(),
+                       device="cuda", precision="bf16", progress=False)
+assert "pointtrack.models._corr_kernel" not in sys.modules
+tracker.model
+names = ["pointtrack.models._" + m for m in ("corr_kernel", "attention_kernel", "add_norm_kernel")]
+deadline = time.monotonic() + 120  # nothing is tracked: only the thread can import them
+while not all(n in sys.modules for n in names) and time.monotonic() < deadline:
+    time.sleep(0.05)
+for t in threading.enumerate():
+    if t.name == "pointtrack-triton":
+        t.join()
+print(all(n in sys.modules for n in names))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out[-1:] == ["True"]
+
+
 def test_fused_bf16_tracks_match_pytorch_path(monkeypatch):
     weights = _weights(CoTracker3Offline)
     video = _video()

@@ -216,3 +216,59 @@ def test_probe_is_remembered_until_the_file_changes(tmp_path, make_video):
     path.write_bytes(other.read_bytes())  # same name, new content: probed again
     again = probe(path)
     assert (again.num_frames, again.size) == (9, (96, 64))
+
+
+def test_a_reader_opens_once_for_info_and_frames(tmp_path, make_video, monkeypatch):
+    """`VideoReader` gives `probe`'s info and `iter_frames`' frames from one open of the file
+    (FFmpeg's stream probe runs at each open), and its info serves later `probe` calls."""
+    import av
+
+    from pointtrack import video
+    from pointtrack.video import VideoReader
+
+    path, _ = make_video(name="once.mp4", num_frames=12, size=(96, 64), fps=12.0)
+    opens = []
+    real_open = av.open
+    monkeypatch.setattr(video.av, "open", lambda *a, **k: opens.append(a[0]) or real_open(*a, **k))
+    with VideoReader(path) as reader:
+        info = reader.info
+        frames = list(reader.frames(size=(48, 32), every=2))
+    assert opens == [str(path)]
+    assert probe(path) == info and len(opens) == 1  # remembered: no second open
+    expected = list(iter_frames(path, size=(48, 32), every=2))
+    assert [f.index for f in frames] == [f.index for f in expected] == list(range(0, 12, 2))
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(frames, expected, strict=True))
+    assert (info.num_frames, info.size, info.fps) == (12, (96, 64), 12.0)
+
+    # A reader reads its file once; info comes first; a path not yet probed decodes its
+    # first frame for the info, and the frames still start at frame 0.
+    other, _ = make_video(name="fresh.mp4", num_frames=5)
+    reader = VideoReader(other)
+    assert reader.info.num_frames == 5
+    assert [f.index for f in reader.frames()] == [0, 1, 2, 3, 4]
+    with pytest.raises(RuntimeError, match="once"):
+        reader.frames()
+    reader = VideoReader(other)
+    reader.frames()
+    with pytest.raises(RuntimeError, match="before reading"):
+        reader.info  # noqa: B018
+    reader.close()
+
+
+def test_tracking_a_path_opens_it_once(tmp_path, make_video, monkeypatch):
+    """`Tracker.track(path)` opens the file once, streamed or decoded whole."""
+    import av
+
+    from pointtrack import video
+    from pointtrack.trackers import load_tracker
+
+    path, _ = make_video(name="walk.mp4", num_frames=8, size=(96, 64))
+    opens = []
+    real_open = av.open
+    monkeypatch.setattr(video.av, "open", lambda *a, **k: opens.append(a[0]) or real_open(*a, **k))
+    lk = load_tracker("lk")
+    streamed = lk.track(path, grid_size=3)
+    assert opens == [str(path)]
+    whole = lk.track(path, queries=[[2, 40.0, 30.0]])  # a late query: decoded whole first
+    assert len(opens) == 2
+    assert streamed.num_frames == whole.num_frames == 8

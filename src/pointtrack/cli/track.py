@@ -200,29 +200,30 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_track(args: argparse.Namespace) -> int:
-    from ..video import probe
+    from ..video import VideoReader
 
     if args.grid_size < 0:
         raise CLIError(f"grid size must be >= 0, got {args.grid_size}")
     queries = read_queries(args.queries) if args.queries else None
     mask = read_mask(args.mask) if args.mask else None
     tracker = load_engine(args)
-    info = probe(args.video)
-    batch = None
-    if use_stream(args, queries, tracker, info):
-        from ..trackers.base import stream_batch, stream_held_frames
+    with VideoReader(args.video) as reader:  # one open of the file for its info and frames
+        info = reader.info
+        batch = None
+        if use_stream(args, queries, tracker, info):
+            from ..trackers.base import stream_batch, stream_held_frames
 
-        size = tracker.input_size or info.size
-        batch, held = stream_batch(size), stream_held_frames(size)
-    sampled = check_before_decoding(args, queries, mask, tracker, info,
-                                    held_frames=held if batch else None)
-    out = Path(args.out) if args.out else Path(Path(args.video).stem + ".tracks.npz")
-    output_paths(args, out)
+            size = tracker.input_size or info.size
+            batch, held = stream_batch(size), stream_held_frames(size)
+        sampled = check_before_decoding(args, queries, mask, tracker, info,
+                                        held_frames=held if batch else None)
+        out = Path(args.out) if args.out else Path(Path(args.video).stem + ".tracks.npz")
+        output_paths(args, out)
 
-    if batch:
-        tracks = track_streamed(args, tracker, queries, mask, info, sampled, batch)
-    else:
-        tracks = track_decoded(args, tracker, queries, mask)
+        if batch:
+            tracks = track_streamed(args, tracker, reader, queries, mask, info, sampled, batch)
+        else:
+            tracks = track_decoded(args, tracker, reader, queries, mask)
     tracks.options.setdefault("source", str(args.video))
     write_outputs(args, tracks, out)
     return 0
@@ -240,12 +241,12 @@ def prompt_rows(args, queries, mask, frame_numbers: np.ndarray) -> tuple[np.ndar
     return queries, grid_row
 
 
-def track_decoded(args, tracker, queries, mask):
-    """Decode the whole clip, then track it."""
+def track_decoded(args, tracker, reader, queries, mask):
+    """Decode the whole clip (from the open `VideoReader`), then track it."""
     from ..video import read_clip
 
     started = time.perf_counter()
-    clip = read_clip(args.video, size=tracker.input_size, progress=True, **sampling(args))
+    clip = read_clip(reader, size=tracker.input_size, progress=True, **sampling(args))
     queries, grid_row = prompt_rows(args, queries, mask, clip.frame_numbers)
     decoded = time.perf_counter()
     print(f"decoded {clip.num_frames} frames at {clip.size[0]}x{clip.size[1]} "
@@ -258,7 +259,8 @@ def track_decoded(args, tracker, queries, mask):
     return tracks
 
 
-def track_streamed(args, tracker, queries, mask, info, sampled: np.ndarray, batch: int):
+def track_streamed(args, tracker, reader, queries, mask, info, sampled: np.ndarray,
+                   batch: int):
     """Decode ``batch`` frames at a time into the engine's stream: memory holds a batch and
     the engine's window, whatever the clip's length. ``sampled``: the source frame numbers
     the sampling keeps (the prompt's frames become rows of them before any is decoded); the
@@ -266,7 +268,7 @@ def track_streamed(args, tracker, queries, mask, info, sampled: np.ndarray, batc
     from tqdm.auto import tqdm
 
     from ..trackers.base import feed_and_finish
-    from ..video import iter_frames, sampled_fps
+    from ..video import sampled_fps
 
     started = time.perf_counter()
     queries, grid_row = prompt_rows(args, queries, mask, sampled)
@@ -276,7 +278,7 @@ def track_streamed(args, tracker, queries, mask, info, sampled: np.ndarray, batc
     stream = tracker.stream(grid_size=args.grid_size, queries=queries, segm_mask=mask,
                             grid_query_frame=grid_row, source_size=info.size,
                             **({"backward_tracking": True} if args.backward else {}))
-    frames = iter_frames(args.video, size=tracker.input_size, **sampling(args))
+    frames = reader.frames(size=tracker.input_size, **sampling(args))
     # disable=None: no bar when stderr is not a terminal (logs, CI, pipes).
     bar = tqdm(frames, desc="track", unit="frame", leave=False, disable=None, total=len(sampled))
     tracks = feed_and_finish(tracker, stream, bar, batch, what=str(args.video),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import threading
 
 import torch
 from torch import Tensor
@@ -35,6 +36,32 @@ def available(t: Tensor) -> bool:
 @functools.cache
 def _triton_installed() -> bool:  # asked once per chunk of points: look it up once
     return importlib.util.find_spec("triton") is not None
+
+
+def preload_kernels() -> threading.Thread | None:
+    """Import Triton and the fused kernels on a thread, where Triton is installed.
+
+    A process's first kernel launch imports Triton (0.2-0.3 s) and has it hash its own files
+    into its cache key (0.4 s on an H200's host; the hashing runs without the GIL). The GPU
+    engines start this when they load their weights, so it happens while the first video
+    decodes rather than after. CPU work only: nothing here touches the GPU (the online engine
+    captures CUDA graphs, which another thread's CUDA calls could break)."""
+    if not (ENABLED and _triton_installed()):
+        return None
+
+    def load() -> None:
+        try:
+            from triton.runtime.cache import triton_key  # Triton's own, cached per process
+
+            from . import _add_norm_kernel, _attention_kernel, _corr_kernel  # noqa: F401
+
+            triton_key()
+        except Exception:  # only a head start: the first launch does it otherwise
+            pass
+
+    thread = threading.Thread(target=load, name="pointtrack-triton", daemon=True)
+    thread.start()
+    return thread
 
 
 def correlate_volumes(pyramid: list[Tensor], xy: Tensor, support: list[Tensor],

@@ -429,16 +429,18 @@ class Tracker(ABC):
         prompts decode the whole clip first.
         """
         if isinstance(video, str | os.PathLike):
-            from ..video import probe
+            from ..video import VideoReader
 
-            info = probe(video)
-            if self.streams_prompt(starts_on_first_frame(queries, grid_query_frame),
-                                   backward_tracking):
-                return self._track_streamed(video, info, backward_tracking,
-                                            grid_size=grid_size, queries=queries,
-                                            segm_mask=segm_mask,
-                                            grid_query_frame=grid_query_frame)
-            self._check_memory_of(video, info, grid_size, queries)
+            with VideoReader(video) as reader:  # one open of the file for its info and frames
+                info = reader.info
+                if self.streams_prompt(starts_on_first_frame(queries, grid_query_frame),
+                                       backward_tracking):
+                    return self._track_streamed(reader, info, backward_tracking,
+                                                grid_size=grid_size, queries=queries,
+                                                segm_mask=segm_mask,
+                                                grid_query_frame=grid_query_frame)
+                self._check_memory_of(video, info, grid_size, queries)
+                video = read_clip(reader, size=self.input_size)
         clip = as_clip(video, size=self.input_size)
         prompt = check_prompt(
             clip,
@@ -465,18 +467,18 @@ class Tracker(ABC):
         self.check_memory(info.num_frames, info.size, points, what=str(path),
                           held_frames=held_frames)
 
-    def _track_streamed(self, path, info, backward_tracking: bool, **prompt) -> Tracks:
-        """`track` of a path through the engine's stream: frames are decoded a batch at a
-        time, the prompt checked against the file's frame count before any is decoded."""
-        from ..video import iter_frames
-
+    def _track_streamed(self, reader, info, backward_tracking: bool, **prompt) -> Tracks:
+        """`track` of a path (an open `VideoReader`) through the engine's stream: frames are
+        decoded a batch at a time, the prompt checked against the file's frame count before
+        any is decoded."""
+        path = reader.path
         size = self.input_size or info.size
         self._check_memory_of(path, info, prompt["grid_size"], prompt["queries"],
                               held_frames=stream_held_frames(size))
         check_prompt(blank_clip(info.num_frames, info.size, fps=info.fps), **prompt)
         stream = self.stream(**prompt, source_size=info.size,
                              **({"backward_tracking": True} if backward_tracking else {}))
-        return feed_and_finish(self, stream, iter_frames(path, size=self.input_size),
+        return feed_and_finish(self, stream, reader.frames(size=self.input_size),
                                stream_batch(size), fps=info.fps, what=str(path))
 
     def heap(self) -> contextlib.AbstractContextManager:

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..models import corr_triton
 from ..models.cotracker3 import CoTracker3Offline, CoTracker3Online
 from ..models.weights import CheckpointLike, load_weights
 from ..tracks import Tracks
@@ -255,7 +256,13 @@ class _CoTracker3Engine(Tracker):
     def model(self):
         """The network with its weights, loaded on first use (`CheckpointError` if it can't)."""
         if self._model is None:
-            model = self.model_class()
+            if self.device.type == "cuda":
+                corr_triton.preload_kernels()  # while the weights load and the video decodes
+            # Built without its random initialisation (0.15-0.2 s, every value comes from the
+            # checkpoint: the load is strict): on the meta device, then given empty storage.
+            with torch.device("meta"):
+                model = self.model_class()
+            model.to_empty(device="cpu")
             load_weights(model, self.checkpoint, self.default_checkpoint, progress=self.progress)
             # bf16 keeps fp32's range: the whole network runs in it (no per-op casts); positions
             # and logits still accumulate in fp32 inside the model.
