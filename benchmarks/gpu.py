@@ -118,9 +118,9 @@ def ours(case: dict, frames_model: np.ndarray, state_dict: dict, precision: str,
     return run
 
 
-def official_predictor(case: dict, state_dict: dict, reference: Path):
+def official_predictor(case: dict, state_dict: dict, reference: Path, device: str = "cuda"):
     """The official offline or online predictor from the local checkout, weights loaded
-    strictly, on the GPU."""
+    strictly, on ``device``."""
     sys.path.insert(0, str(reference))
     from cotracker.predictor import CoTrackerOnlinePredictor, CoTrackerPredictor
 
@@ -129,7 +129,7 @@ def official_predictor(case: dict, state_dict: dict, reference: Path):
     else:
         predictor = CoTrackerOnlinePredictor(checkpoint=None, window_len=16)
     predictor.model.load_state_dict(state_dict, strict=True)
-    return predictor.cuda()
+    return predictor.to(device)
 
 
 def official(case: dict, frames_full: torch.Tensor, state_dict: dict, reference: Path):
@@ -190,20 +190,21 @@ def ours_e2e(case: dict, path: Path, state_dict: dict, precision: str):
     return run
 
 
-def official_e2e(case: dict, path: Path, state_dict: dict, reference: Path):
+def official_e2e(case: dict, path: Path, state_dict: dict, reference: Path,
+                 device: str = "cuda"):
     """File to tracks as the official demos do it: `demo.py` reads the whole video into a
     full-resolution array and hands the predictor a float tensor; `online_demo.py` reads
     frame by frame and runs a window every ``step`` frames on the last ``2 * step``."""
-    predictor = official_predictor(case, state_dict, reference)
+    predictor = official_predictor(case, state_dict, reference, device)
 
     def window(frames, first):
-        chunk = torch.tensor(np.stack(frames), device="cuda").float().permute(0, 3, 1, 2)[None]
+        chunk = torch.tensor(np.stack(frames), device=device).float().permute(0, 3, 1, 2)[None]
         return predictor(chunk, is_first_step=first, grid_size=case["grid"])
 
     def run():
         if case["mode"] == "offline":
             video = torch.from_numpy(np.stack(list(read_frames(path))))
-            video = video.permute(0, 3, 1, 2)[None].float().cuda()
+            video = video.permute(0, 3, 1, 2)[None].float().to(device)
             tracks, visible = predictor(video, grid_size=case["grid"])
             return tracks.cpu(), visible.cpu()
         frames, first, step = [], True, predictor.step

@@ -300,6 +300,45 @@ def test_bad_keys_are_listed(offline_weights, tmp_path):
         load_state_dict(str(bad), "scaled_offline")
 
 
+def test_engines_load_weights_without_a_random_init(offline_weights, online_weights, tmp_path):
+    """An engine builds its network on the meta device and takes the checkpoint's tensors:
+    no random init to overwrite, and none of the Python references that import sympy (1-2 s
+    of a first call). Run in a fresh process, where nothing has imported sympy yet."""
+    import subprocess
+    import sys
+
+    for name, weights in (("offline", offline_weights), ("online", online_weights)):
+        torch.save(weights, tmp_path / f"{name}.pth")
+    code = f"""
+import sys, torch
+from pointtrack.trackers import load_tracker
+initialised = []  # the device of every tensor the layers' inits see
+for fn in ("kaiming_uniform_", "uniform_", "normal_", "ones_", "zeros_"):
+    def spy(*args, _fn=getattr(torch.nn.init, fn), **kwargs):
+        initialised.append((args[0] if args else kwargs["tensor"]).device.type)
+        return _fn(*args, **kwargs)
+    setattr(torch.nn.init, fn, spy)
+for name in ("offline", "online"):
+    weights = torch.load(r"{tmp_path}/" + name + ".pth", weights_only=True)
+    model = load_tracker("cotracker3-" + name, checkpoint=r"{tmp_path}/" + name + ".pth",
+                         precision="bf16").model
+    state = model.state_dict()
+    assert set(state) == set(weights)
+    assert all(torch.equal(v, weights[k].to(v.dtype)) for k, v in state.items()), name
+    assert not any(t.is_meta for t in state.values())
+assert initialised and set(initialised) == {{"meta"}}, set(initialised)
+print("sympy" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1:] == ["False"]
+    # Built the ordinary way, the network keeps the official random init.
+    model = CoTracker3Offline()
+    assert 0.9 < model.updateformer.virual_tracks.std() < 1.1
+    time = torch.arange(model.cfg.window_len, dtype=torch.float32)[:, None]
+    assert torch.allclose(model.time_emb[0, :, 0:1], torch.sin(time))  # first frequency: 1
+
+
 def test_offline_machine_error_names_url_cache_and_fix(hub_dir, monkeypatch):
     monkeypatch.delenv("POINTTRACK_CHECKPOINT_DIR", raising=False)
     url = "https://127.0.0.1:9/cotracker3/scaled_offline.pth"  # nothing listens there

@@ -376,7 +376,9 @@ class UpdateFormer(nn.Module):
         self.flow_head = nn.Linear(dim, 2)
         self.vis_conf_head = nn.Linear(dim, 2)
         # The official key is spelled "virual_tracks"; kept so checkpoints load.
-        self.virual_tracks = nn.Parameter(torch.randn(1, cfg.num_virtual_tracks, 1, dim))
+        self.virual_tracks = nn.Parameter(torch.empty(1, cfg.num_virtual_tracks, 1, dim))
+        if not self.virual_tracks.is_meta:  # randn on meta imports sympy (~1-2 s)
+            nn.init.normal_(self.virual_tracks)
         self.time_blocks = nn.ModuleList(AttnBlock(dim, heads, ratio) for _ in range(cfg.depth))
         self.space_virtual_blocks = nn.ModuleList(
             AttnBlock(dim, heads, ratio) for _ in range(cfg.depth)
@@ -477,8 +479,10 @@ class CoTracker3(nn.Module):
         self.fnet = FeatureEncoder(cfg.latent_dim, cfg.stride)
         self.updateformer = UpdateFormer(cfg)
         self.corr_mlp = Mlp(cfg.patch**4, 384, cfg.corr_dim)
-        time = torch.arange(cfg.window_len, dtype=torch.float32)
-        self.register_buffer("time_emb", sincos_embedding(cfg.input_dim, time))
+        self.register_buffer("time_emb", torch.empty(1, cfg.window_len, cfg.input_dim))
+        if not self.time_emb.is_meta:  # arange on meta imports sympy (~1-2 s)
+            time = torch.arange(cfg.window_len, dtype=torch.float32)
+            self.time_emb.copy_(sincos_embedding(cfg.input_dim, time))
 
     # Features ---------------------------------------------------------------------------------
 

@@ -90,7 +90,10 @@ def load_state_dict(checkpoint: CheckpointLike, default: str, *, progress: bool 
 def load_weights(model: nn.Module, checkpoint: CheckpointLike, default: str,
                  *, progress: bool = True) -> nn.Module:
     """Load ``checkpoint`` into ``model`` strictly: every key present, used, and of the model's
-    shape, else `CheckpointError` listing the first offending keys."""
+    shape, else `CheckpointError` listing the first offending keys.
+
+    A model built on the meta device (no storage, no random init) takes the checkpoint's
+    tensors themselves, so it may share them with a state dict passed in."""
     state = load_state_dict(checkpoint, default, progress=progress)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
@@ -110,7 +113,8 @@ def load_weights(model: nn.Module, checkpoint: CheckpointLike, default: str,
         raise CheckpointError(
             f"checkpoint does not fit {type(model).__name__}: " + "; ".join(problems)
         )
-    model.load_state_dict(state, strict=True)
+    on_meta = any(t.is_meta for t in expected.values())
+    model.load_state_dict(state, strict=True, assign=on_meta)
     return model
 
 

@@ -258,9 +258,10 @@ class _CoTracker3Engine(Tracker):
         if self._model is None:
             if self.device.type == "cuda":
                 corr_triton.preload_kernels()  # while the weights load and the video decodes
-            # Not built on the meta device to skip the random init (0.15-0.2 s): its randn
-            # imports sympy and half of torch._dynamo (2.3 s on an H200 host, session 16).
-            model = self.model_class()
+            # Built without storage or random init (0.2-0.4 s): the strict load sets every
+            # tensor. (The model never calls randn or arange on meta: they import sympy.)
+            with torch.device("meta"):
+                model = self.model_class()
             load_weights(model, self.checkpoint, self.default_checkpoint, progress=self.progress)
             # bf16 keeps fp32's range: the whole network runs in it (no per-op casts); positions
             # and logits still accumulate in fp32 inside the model.
