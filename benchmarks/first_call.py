@@ -7,8 +7,9 @@
 
 Every measurement is a fresh Python process, so it pays what `gpu.py`'s warm rows do not:
 importing torch and pointtrack, CUDA's set-up, loading the weights (a checkpoint file of
-synthetic weights), Triton's cache key and cuDNN's first plans. In it, one `track(path)` is
-timed, then ``--later`` more. Without VIDEO a 1080p 150-frame H.264 file is made (``--size``,
+synthetic weights), Triton's cache key and cuDNN's first plans. In it, the weights' load is
+timed (``tracker.model``: read, build, to the device), then one `track(path)`, then ``--later``
+more. Without VIDEO a 1080p 150-frame H.264 file is made (``--size``,
 ``--frames`` choose another).
 
 - ``--code NAME=DIR`` (repeatable) times the pointtrack of another checkout or worktree
@@ -17,7 +18,7 @@ timed, then ``--later`` more. Without VIDEO a 1080p 150-frame H.264 file is made
   per code and engine; ``--cold`` adds a process per code and engine with empty caches.
 - ``--cli`` also times ``python -m pointtrack track VIDEO`` (wall time of the process).
 - ``--reference DIR`` times the official predictor the same way, reading the file as its
-  demos do (`gpu.py`'s `official_e2e`), offline engine only unless ``online`` is asked.
+  demos do (`gpu.py`'s `official_e2e`); ``--reference-engines`` limits it to some engines.
 - ``--profile`` writes a cProfile of each code's last warm first call next to ``--out``.
 """
 
@@ -59,6 +60,10 @@ def child_ours(args) -> dict:
     t_cuda = time.perf_counter()
     tracker = load_tracker(f"cotracker3-{args.engine}", checkpoint=args.checkpoint,
                            device=args.device, precision=args.precision)
+    _ = tracker.model  # loaded on first use: `track(path)` loads it before decoding anyway
+    if cuda:
+        torch.cuda.synchronize()
+    t_load = time.perf_counter()
 
     def call():
         tracks = tracker.track(args.video, grid_size=args.grid)
@@ -73,8 +78,8 @@ def child_ours(args) -> dict:
         call()
         later.append(time.perf_counter() - t)
     return dict(import_torch=t_torch - START, import_pointtrack=t_pointtrack - t_torch,
-                cuda_init=t_cuda - t_pointtrack, first_call=first, later=later,
-                profile=profile)
+                cuda_init=t_cuda - t_pointtrack, load=t_load - t_cuda, first_call=first,
+                later=later, profile=profile)
 
 
 def child_official(args) -> dict:
@@ -109,10 +114,9 @@ def child_official(args) -> dict:
         t = time.perf_counter()
         call()
         later.append(time.perf_counter() - t)
-    # The official predictor loads its weights before the first call; ours on the first call.
     return dict(import_torch=t_torch - START, import_pointtrack=t_import - t_torch,
-                cuda_init=t_cuda - t_import, first_call=(t_load - t_cuda) + first, later=later,
-                profile=profile)
+                cuda_init=t_cuda - t_import, load=t_load - t_cuda, first_call=first,
+                later=later, profile=profile)
 
 
 def _timed_first(call, profile: bool) -> tuple[float, str | None]:
@@ -189,6 +193,8 @@ def main(argv=None) -> int:
     p.add_argument("--code", action="append", default=[], metavar="NAME=DIR",
                    help="a checkout to compare (its src/ is imported); repeatable")
     p.add_argument("--reference", type=Path, help="local copy of the official co-tracker repo")
+    p.add_argument("--reference-engines", default=",".join(ENGINES),
+                   help="engines to time the official predictor on")
     p.add_argument("--device", default="cuda")
     p.add_argument("--precision", default="bf16")
     p.add_argument("--grid", type=int, default=50)
@@ -216,9 +222,10 @@ def main(argv=None) -> int:
         shapes = json.loads((ROOT / f"tests/data/parity/{engine}_shapes.json").read_text())
         args.checkpoints[engine] = work / f"{engine}.pth"
         torch.save(synthetic_state_dict(shapes, seed=0), args.checkpoints[engine])
-    impls = [(name, "ours", src) for name, src in codes.items()]
+    impls = {e: [(name, "ours", src) for name, src in codes.items()] for e in engines}
     if args.reference:
-        impls.append(("official", "official", str(args.reference.resolve())))
+        for engine in set(engines) & set(args.reference_engines.split(",")):
+            impls[engine].append(("official", "official", str(args.reference.resolve())))
 
     rows = []
 
@@ -229,16 +236,16 @@ def main(argv=None) -> int:
     warm = str(work / "warm-cache")
     if args.cold:
         for engine in engines:
-            for name, which, src in impls:
+            for name, which, src in impls[engine]:
                 row = run_child(src, which, engine, args, str(work / f"cold-{name}-{engine}"),
                                 False)
                 record(dict(row, code=name, engine=engine, cache="cold", kind="process"))
     for engine in engines:  # untimed: fill the shared caches
-        for _name, which, src in impls:
+        for _name, which, src in impls[engine]:
             run_child(src, which, engine, args, warm, False)
     for round_ in range(args.rounds):
         for engine in engines:
-            for name, which, src in impls:
+            for name, which, src in impls[engine]:
                 profile = args.profile and round_ == args.rounds - 1
                 row = run_child(src, which, engine, args, warm, profile)
                 text = row.pop("profile", None)
@@ -251,7 +258,7 @@ def main(argv=None) -> int:
     if args.cli:
         for round_ in range(args.rounds):
             for engine in engines:
-                for name, which, src in impls:
+                for name, which, src in impls[engine]:
                     if which != "ours":
                         continue
                     wall = run_cli(src, engine, args, warm, work / f"{name}-{engine}.npz")
@@ -273,13 +280,13 @@ def main(argv=None) -> int:
     tmp.write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=1))
     tmp.replace(args.out)
     print(f"\n{meta['device']}, torch {meta['torch']}, {meta['date']}; medians over processes")
+    columns = (("imports", 8), ("cuda_init", 6), ("load", 6), ("first_call", 7), ("later", 7),
+               ("process_wall", 8), ("cli_wall", 7))
     print(f"{'code':10} {'engine':8} {'cache':5} {'n':>2} {'imports':>8} {'CUDA':>6} "
-          f"{'first':>7} {'later':>7} {'process':>8} {'CLI':>7}")
+          f"{'load':>6} {'first':>7} {'later':>7} {'process':>8} {'CLI':>7}")
     for s in summary:
         print(f"{s['code']:10} {s['engine']:8} {s['cache']:5} {s['n']:2d} "
-              + " ".join(_f(s.get(k), w) for k, w in (("imports", 8), ("cuda_init", 6),
-                                                       ("first_call", 7), ("later", 7),
-                                                       ("process_wall", 8), ("cli_wall", 7))))
+              + " ".join(_f(s.get(k), w) for k, w in columns))
     return 0
 
 
@@ -296,7 +303,7 @@ def _summary(rows: list[dict]) -> list[dict]:
         if procs:
             s["imports"] = statistics.median(r["import_torch"] + r["import_pointtrack"]
                                              for r in procs)
-            for key in ("cuda_init", "first_call", "process_wall"):
+            for key in ("cuda_init", "load", "first_call", "process_wall"):
                 s[key] = statistics.median(r[key] for r in procs)
             later = [x for r in procs for x in r["later"]]
             if later:
@@ -312,10 +319,10 @@ def _line(row: dict) -> str:
     if row["kind"] == "cli":
         return f"{row['code']} {row['engine']} CLI: {row['cli_wall']:.2f} s"
     later = ", ".join(f"{x:.3f}" for x in row["later"])
-    return (f"{row['code']} {row['engine']} {row['cache']}: imports "
-            f"{row['import_torch'] + row['import_pointtrack']:.2f} s, CUDA {row['cuda_init']:.2f}"
-            f" s, first {row['first_call']:.3f} s, later {later} s, process "
-            f"{row['process_wall']:.2f} s")
+    imports = row["import_torch"] + row["import_pointtrack"]
+    return (f"{row['code']} {row['engine']} {row['cache']}: imports {imports:.2f} s, CUDA "
+            f"{row['cuda_init']:.2f} s, load {row['load']:.3f} s, first {row['first_call']:.3f}"
+            f" s, later {later} s, process {row['process_wall']:.2f} s")
 
 
 def _f(value, width: int) -> str:

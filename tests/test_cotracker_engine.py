@@ -281,6 +281,36 @@ def test_file_url_download_local_path_and_checkpoint_dir(offline_weights, tmp_pa
     assert "time_emb" in load_state_dict(str(tmp_path / "wrapped.pth"), "scaled_offline")
 
 
+def test_checkpoint_files_are_memory_mapped_and_legacy_files_still_read(offline_weights,
+                                                                        tmp_path):
+    """A zip-format file's tensors come from a memory map of it (no copy of the whole file);
+    the pre-1.6 format cannot be mapped and is read whole, to the same tensors."""
+    zipped, legacy = tmp_path / "zipped.pth", tmp_path / "legacy.pth"
+    torch.save(offline_weights, zipped)
+    torch.save(offline_weights, legacy, _use_new_zipfile_serialization=False)
+
+    def mapped(path) -> bool:
+        with open("/proc/self/maps") as maps:
+            return any(str(path) in line for line in maps)
+
+    state = load_state_dict(str(zipped), "scaled_offline")
+    assert mapped(zipped)
+    old = load_state_dict(str(legacy), "scaled_offline")
+    assert not mapped(legacy)
+    assert set(state) == set(old) == set(offline_weights)
+    assert all(torch.equal(state[k], old[k]) for k in state)
+    # An engine copies the weights out of the map (once, to its device and precision) and lets
+    # it go: a checkpoint rewritten later, say by a training run, cannot change them.
+    kept = tmp_path / "kept.pth"
+    torch.save(offline_weights, kept)
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        model = load_tracker("cotracker3-offline", checkpoint=str(kept), precision=precision).model
+        assert not mapped(kept)
+        assert model.corr_mlp.fc1.weight.dtype == dtype
+        assert torch.equal(model.corr_mlp.fc1.weight,
+                           offline_weights["corr_mlp.fc1.weight"].to(dtype))
+
+
 def test_bad_keys_are_listed(offline_weights, tmp_path):
     state = dict(offline_weights)
     del state["corr_mlp.fc2.bias"]

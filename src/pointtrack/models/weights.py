@@ -13,7 +13,9 @@ weights for tests and benchmarks.
 
 Files are read with ``torch.load(weights_only=True)``: a checkpoint is tensors and plain
 containers only, and a pickle that would build any other object (and so could run code) is
-refused before anything in it runs.
+refused before anything in it runs. Zip-format files (every ``torch.save`` since 1.6) are
+memory-mapped rather than copied into memory: the weights go to the model (and its device)
+straight from the page cache.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import os
 import pickle
 import urllib.error
+import zipfile
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -88,12 +91,14 @@ def load_state_dict(checkpoint: CheckpointLike, default: str, *, progress: bool 
 
 
 def load_weights(model: nn.Module, checkpoint: CheckpointLike, default: str,
-                 *, progress: bool = True) -> nn.Module:
+                 *, progress: bool = True, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> nn.Module:
     """Load ``checkpoint`` into ``model`` strictly: every key present, used, and of the model's
     shape, else `CheckpointError` listing the first offending keys.
 
-    A model built on the meta device (no storage, no random init) takes the checkpoint's
-    tensors themselves, so it may share them with a state dict passed in."""
+    A model built on the meta device (no storage, no random init) gets a copy of each tensor
+    made straight on ``device`` (default: the checkpoint's) and, for floating-point ones, in
+    ``dtype``: one copy from the file's memory map, which is then let go."""
     state = load_state_dict(checkpoint, default, progress=progress)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
@@ -114,6 +119,12 @@ def load_weights(model: nn.Module, checkpoint: CheckpointLike, default: str,
             f"checkpoint does not fit {type(model).__name__}: " + "; ".join(problems)
         )
     on_meta = any(t.is_meta for t in expected.values())
+    if on_meta:
+        state = {
+            k: v.to(device or v.device, dtype if dtype and v.is_floating_point() else v.dtype,
+                    copy=True)
+            for k, v in state.items()
+        }
     model.load_state_dict(state, strict=True, assign=on_meta)
     return model
 
@@ -128,7 +139,8 @@ def _from_checkpoint_dir(name: str) -> Path | None:
 
 def _download(url: str, progress: bool) -> dict:
     cached = cache_path(url)
-    was_cached = cached.is_file()
+    if cached.is_file():  # read as any local file (memory-mapped); the hub reads it whole
+        return _read_file(cached)
     try:
         state = torch.hub.load_state_dict_from_url(
             url, map_location="cpu", progress=progress, weights_only=True
@@ -144,15 +156,16 @@ def _download(url: str, progress: bool) -> dict:
             f"directory named by ${CHECKPOINT_DIR_ENV}."
         ) from e
     except Exception as e:  # a corrupt or non-checkpoint download
-        if not was_cached:  # do not keep a bad download where a later run would trust it
-            cached.unlink(missing_ok=True)
+        cached.unlink(missing_ok=True)  # not kept where a later run would trust it
         raise CheckpointError(f"{cached}: {_load_error(e)}") from e
     return _unwrap(state, url)
 
 
 def _read_file(path: Path) -> dict:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap only takes the zip format; a legacy file is read whole.
+        state = torch.load(path, map_location="cpu", weights_only=True,
+                           mmap=zipfile.is_zipfile(path))
     except Exception as e:
         raise CheckpointError(f"{path}: {_load_error(e)}") from e
     return _unwrap(state, str(path))

@@ -262,10 +262,11 @@ class _CoTracker3Engine(Tracker):
             # tensor. (The model never calls randn or arange on meta: they import sympy.)
             with torch.device("meta"):
                 model = self.model_class()
-            load_weights(model, self.checkpoint, self.default_checkpoint, progress=self.progress)
             # bf16 keeps fp32's range: the whole network runs in it (no per-op casts); positions
             # and logits still accumulate in fp32 inside the model.
             dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+            load_weights(model, self.checkpoint, self.default_checkpoint, progress=self.progress,
+                         device=self.device, dtype=dtype)
             self._model = model.to(self.device, dtype).eval()
             self._model.cfg.compile_encoder = self.compile
             # cuDNN's convolution autotuner goes with the compiled CNN (9% faster online on an
