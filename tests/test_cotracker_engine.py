@@ -281,34 +281,19 @@ def test_file_url_download_local_path_and_checkpoint_dir(offline_weights, tmp_pa
     assert "time_emb" in load_state_dict(str(tmp_path / "wrapped.pth"), "scaled_offline")
 
 
-def test_checkpoint_files_are_memory_mapped_and_legacy_files_still_read(offline_weights,
-                                                                        tmp_path):
-    """A zip-format file's tensors come from a memory map of it (no copy of the whole file);
-    the pre-1.6 format cannot be mapped and is read whole, to the same tensors."""
-    zipped, legacy = tmp_path / "zipped.pth", tmp_path / "legacy.pth"
-    torch.save(offline_weights, zipped)
-    torch.save(offline_weights, legacy, _use_new_zipfile_serialization=False)
-
-    def mapped(path) -> bool:
-        with open("/proc/self/maps") as maps:
-            return any(str(path) in line for line in maps)
-
-    state = load_state_dict(str(zipped), "scaled_offline")
-    assert mapped(zipped)
-    old = load_state_dict(str(legacy), "scaled_offline")
-    assert not mapped(legacy)
-    assert set(state) == set(old) == set(offline_weights)
-    assert all(torch.equal(state[k], old[k]) for k in state)
-    # An engine copies the weights out of the map (once, to its device and precision) and lets
-    # it go: a checkpoint rewritten later, say by a training run, cannot change them.
-    kept = tmp_path / "kept.pth"
-    torch.save(offline_weights, kept)
+def test_engine_weights_are_a_copy_in_their_precision(offline_weights):
+    """The network built without storage takes a copy of each tensor in its precision: the
+    caller's state dict stays theirs (changing it later changes no tracker)."""
+    weights = {k: v.clone() for k, v in offline_weights.items()}
     for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        model = load_tracker("cotracker3-offline", checkpoint=str(kept), precision=precision).model
-        assert not mapped(kept)
-        assert model.corr_mlp.fc1.weight.dtype == dtype
-        assert torch.equal(model.corr_mlp.fc1.weight,
-                           offline_weights["corr_mlp.fc1.weight"].to(dtype))
+        model = load_tracker("cotracker3-offline", checkpoint=weights, precision=precision).model
+        fc1 = model.corr_mlp.fc1.weight
+        assert fc1.dtype == dtype and not fc1.is_meta
+        assert torch.equal(fc1, offline_weights["corr_mlp.fc1.weight"].to(dtype))
+        weights["corr_mlp.fc1.weight"].add_(1.0)
+        assert torch.equal(fc1, offline_weights["corr_mlp.fc1.weight"].to(dtype))
+        weights["corr_mlp.fc1.weight"].copy_(offline_weights["corr_mlp.fc1.weight"])
+        assert model.time_emb.dtype == dtype  # buffers too
 
 
 def test_bad_keys_are_listed(offline_weights, tmp_path):

@@ -13,9 +13,7 @@ weights for tests and benchmarks.
 
 Files are read with ``torch.load(weights_only=True)``: a checkpoint is tensors and plain
 containers only, and a pickle that would build any other object (and so could run code) is
-refused before anything in it runs. Zip-format files (every ``torch.save`` since 1.6) are
-memory-mapped rather than copied into memory: the weights go to the model (and its device)
-straight from the page cache.
+refused before anything in it runs.
 """
 
 from __future__ import annotations
@@ -23,7 +21,6 @@ from __future__ import annotations
 import os
 import pickle
 import urllib.error
-import zipfile
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -98,7 +95,7 @@ def load_weights(model: nn.Module, checkpoint: CheckpointLike, default: str,
 
     A model built on the meta device (no storage, no random init) gets a copy of each tensor
     made straight on ``device`` (default: the checkpoint's) and, for floating-point ones, in
-    ``dtype``: one copy from the file's memory map, which is then let go."""
+    ``dtype``: a copy, so that it never shares memory with a state dict passed in."""
     state = load_state_dict(checkpoint, default, progress=progress)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
@@ -139,8 +136,7 @@ def _from_checkpoint_dir(name: str) -> Path | None:
 
 def _download(url: str, progress: bool) -> dict:
     cached = cache_path(url)
-    if cached.is_file():  # read as any local file (memory-mapped); the hub reads it whole
-        return _read_file(cached)
+    was_cached = cached.is_file()
     try:
         state = torch.hub.load_state_dict_from_url(
             url, map_location="cpu", progress=progress, weights_only=True
@@ -156,16 +152,15 @@ def _download(url: str, progress: bool) -> dict:
             f"directory named by ${CHECKPOINT_DIR_ENV}."
         ) from e
     except Exception as e:  # a corrupt or non-checkpoint download
-        cached.unlink(missing_ok=True)  # not kept where a later run would trust it
+        if not was_cached:  # do not keep a bad download where a later run would trust it
+            cached.unlink(missing_ok=True)
         raise CheckpointError(f"{cached}: {_load_error(e)}") from e
     return _unwrap(state, url)
 
 
 def _read_file(path: Path) -> dict:
     try:
-        # mmap only takes the zip format; a legacy file is read whole.
-        state = torch.load(path, map_location="cpu", weights_only=True,
-                           mmap=zipfile.is_zipfile(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(f"{path}: {_load_error(e)}") from e
     return _unwrap(state, str(path))
