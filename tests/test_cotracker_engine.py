@@ -316,9 +316,9 @@ def test_bad_keys_are_listed(offline_weights, tmp_path):
 
 
 def test_engines_load_weights_without_a_random_init(offline_weights, online_weights, tmp_path):
-    """An engine builds its network on the meta device and takes the checkpoint's tensors:
-    no random init to overwrite, and none of the Python references that import sympy (1-2 s
-    of a first call). Run in a fresh process, where nothing has imported sympy yet."""
+    """An engine builds its network on the meta device and takes a copy of the checkpoint's
+    tensors: no random init to overwrite, and none of the Python references that import sympy
+    (1-2 s of a first call). Run in a fresh process, where nothing has imported sympy yet."""
     import subprocess
     import sys
 
