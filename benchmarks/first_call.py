@@ -45,85 +45,76 @@ ENGINES = ("offline", "online")
 
 # -- one fresh process ------------------------------------------------------------------------
 
-def child_ours(args) -> dict:
-    """Import, CUDA set-up, first and later `track(path)` of pointtrack, from PYTHONPATH."""
+def child(args) -> dict:
+    """One fresh process: import, CUDA set-up, load, first and later calls of ``args.child``
+    (pointtrack or the official predictor, whichever PYTHONPATH names)."""
     import torch
 
     t_torch = time.perf_counter()
-    from pointtrack.trackers import load_tracker
-
-    t_pointtrack = time.perf_counter()
-    cuda = args.device == "cuda"
-    if cuda:  # its own phase: every CUDA program pays it, ours or not
-        torch.empty(1, device="cuda")
-        torch.cuda.synchronize()
-    t_cuda = time.perf_counter()
-    tracker = load_tracker(f"cotracker3-{args.engine}", checkpoint=args.checkpoint,
-                           device=args.device, precision=args.precision)
-    _ = tracker.model  # loaded on first use: `track(path)` loads it before decoding anyway
-    if cuda:
-        torch.cuda.synchronize()
-    t_load = time.perf_counter()
-
-    def call():
-        tracks = tracker.track(args.video, grid_size=args.grid)
-        if cuda:
-            torch.cuda.synchronize()
-        return tracks
-
-    first, profile = _timed_first(call, args.profile)
-    later = []
-    for _ in range(args.later):
-        t = time.perf_counter()
-        call()
-        later.append(time.perf_counter() - t)
-    return dict(import_torch=t_torch - START, import_pointtrack=t_pointtrack - t_torch,
-                cuda_init=t_cuda - t_pointtrack, load=t_load - t_cuda, first_call=first,
-                later=later, profile=profile)
-
-
-def child_official(args) -> dict:
-    """The same phases for the official predictor (``--reference`` on PYTHONPATH)."""
-    import torch
-
-    t_torch = time.perf_counter()
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import cotracker.predictor  # noqa: F401
-    from gpu import official_e2e
-
+    load = _import_ours() if args.child == "ours" else _import_official()
     t_import = time.perf_counter()
     cuda = args.device == "cuda"
-    if cuda:
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    if cuda:  # its own phase: every CUDA program pays it, ours or not
         torch.empty(1, device="cuda")
-        torch.cuda.synchronize()
+        sync()
     t_cuda = time.perf_counter()
-    state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-    case = dict(mode=args.engine, grid=args.grid)
-    run = official_e2e(case, Path(args.video), state, Path(args.reference), device=args.device)
+    run = load(args)
+    sync()
     t_load = time.perf_counter()
 
     def call():
-        out = run()
-        if cuda:
-            torch.cuda.synchronize()
-        return out
+        run()
+        sync()
 
     first, profile = _timed_first(call, args.profile)
-    later = []
-    for _ in range(args.later):
-        t = time.perf_counter()
-        call()
-        later.append(time.perf_counter() - t)
+    later = [_seconds(call) for _ in range(args.later)]
     return dict(import_torch=t_torch - START, import_pointtrack=t_import - t_torch,
                 cuda_init=t_cuda - t_import, load=t_load - t_cuda, first_call=first,
                 later=later, profile=profile)
 
 
+def _import_ours():
+    from pointtrack.trackers import load_tracker
+
+    def load(args):
+        tracker = load_tracker(f"cotracker3-{args.engine}", checkpoint=args.checkpoint,
+                               device=args.device, precision=args.precision)
+        _ = tracker.model  # loaded on first use: `track(path)` loads it before decoding anyway
+        return lambda: tracker.track(args.video, grid_size=args.grid)
+
+    return load
+
+
+def _import_official():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import cotracker.predictor  # noqa: F401
+    from gpu import official_e2e
+
+    def load(args):
+        import torch
+
+        state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+        case = dict(mode=args.engine, grid=args.grid)
+        return official_e2e(case, Path(args.video), state, Path(args.reference),
+                            device=args.device)
+
+    return load
+
+
+def _seconds(call) -> float:
+    t = time.perf_counter()
+    call()
+    return time.perf_counter() - t
+
+
 def _timed_first(call, profile: bool) -> tuple[float, str | None]:
     if not profile:
-        t = time.perf_counter()
-        call()
-        return time.perf_counter() - t, None
+        return _seconds(call), None
     import cProfile
     import io
     import pstats
@@ -352,7 +343,7 @@ def child_main(argv) -> int:
     p.add_argument("--profile", action="store_true")
     p.add_argument("--reference")
     args = p.parse_args(argv)
-    row = (child_ours if args.child == "ours" else child_official)(args)
+    row = child(args)
     print(json.dumps(row))
     return 0
 
