@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pointtrack.models import corr_triton
+from pointtrack.models import _corr_cuda, corr_triton
 from pointtrack.models.cotracker3 import CoTracker3Offline, CoTracker3Online, blend, gather_windows
 from pointtrack.trackers import load_tracker
 
@@ -29,9 +29,17 @@ def _random_case(dtype, n=70, T=9, H=96, W=128, C=128, seed=0):
     return pyramid, support, xy
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
-def test_fused_correlation_matches_float64_reference(dtype, tol):
-    pyramid, support, xy = _random_case(dtype)
+@pytest.mark.parametrize("dtype,tol,cuda_kernel,T", [
+    (torch.float32, 1e-5, False, 9),
+    (torch.bfloat16, 1e-2, False, 9),
+    (torch.bfloat16, 1e-2, True, 9),
+    (torch.bfloat16, 1e-2, True, 37),  # blocks of 16 frames, the last one short
+])
+def test_fused_correlation_matches_float64_reference(dtype, tol, cuda_kernel, T, monkeypatch):
+    monkeypatch.setattr(corr_triton, "CUDA_KERNEL", cuda_kernel)
+    if cuda_kernel:  # the GPUs these tests run on have bf16 tensor cores
+        assert _corr_cuda.kernel(torch.device("cuda")) is not None
+    pyramid, support, xy = _random_case(dtype, T=T)
     out = corr_triton.correlate_volumes(pyramid, xy, support)
     n, T = xy.shape[:2]
     frames = torch.arange(T, device="cuda").expand(1, n, T)
@@ -44,6 +52,26 @@ def test_fused_correlation_matches_float64_reference(dtype, tol):
         assert torch.isfinite(got).all()
         assert float((got - ref).norm() / ref.norm()) < tol
         assert torch.all(out[:, :, level, 2401:] == 0)  # GEMM padding
+
+
+def test_cuda_correlation_kernel_is_closer_to_float64_than_triton(monkeypatch):
+    """Blending the fp32 products (the CUDA kernel) rounds once, where blending bf16 features
+    before the product (the Triton kernel) rounds the blended patch too."""
+    pyramid, support, xy = _random_case(torch.bfloat16, T=20, seed=1)
+    volumes = {}
+    for cuda_kernel in (True, False):
+        monkeypatch.setattr(corr_triton, "CUDA_KERNEL", cuda_kernel)
+        volumes[cuda_kernel] = corr_triton.correlate_volumes(pyramid, xy, support)
+    n, T = xy.shape[:2]
+    frames = torch.arange(T, device="cuda").expand(1, n, T)
+    for level in range(4):
+        at = xy[None].double() / 2**level
+        window = gather_windows(pyramid[level][None].double(), at, frames, 3)
+        patch = blend(window, at).reshape(n, T, 49, -1)
+        ref = torch.einsum("ntpc,nqc->ntpq", patch, support[level].double()).reshape(n, T, -1)
+        error = {k: float((v[:, :, level, :2401].double() - ref).norm() / ref.norm())
+                 for k, v in volumes.items()}
+        assert error[True] <= error[False], error
 
 
 def _weights(model_class):
@@ -134,6 +162,7 @@ def test_loading_the_weights_preloads_the_triton_kernels_on_a_thread():
 
     code = """
 import sys, threading, time
+import torch
 from pointtrack.models.cotracker3 import CoTracker3Offline
 from pointtrack.trackers import load_tracker
 tracker = load_tracker("cotracker3-offline", checkpoint=CoTracker3Offline().state_dict(),
@@ -147,11 +176,38 @@ while not all(n in sys.modules for n in names) and time.monotonic() < deadline:
 for t in threading.enumerate():
     if t.name == "pointtrack-triton":
         t.join()
-print(all(n in sys.modules for n in names))
+from pointtrack.models import _corr_cuda  # the thread compiled the CUDA kernel too
+arch = "sm_%d%d" % torch.cuda.get_device_capability()
+print(all(n in sys.modules for n in names)
+      and isinstance(_corr_cuda._cubins.get((arch, _corr_cuda.WARPS)), bytes))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()
     assert out[-1:] == ["True"]
+
+
+def test_cuda_kernel_is_compiled_once_and_then_read_from_the_disk_cache(tmp_path):
+    """NVRTC takes ~0.6 s a process: the cubin is kept on disk, and a later process whose
+    compiler is taken away still gets the kernel."""
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import sys, torch
+from pointtrack.models import _corr_cuda
+if sys.argv[1] == "cached":
+    def refuse(*args):
+        raise AssertionError("compiled again")
+    _corr_cuda._Library._compile = refuse
+print(_corr_cuda.kernel(torch.device("cuda")) is not None)
+"""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    for run in ("fresh", "cached"):
+        out = subprocess.run([sys.executable, "-c", code, run], capture_output=True, text=True,
+                             env=env, check=True).stdout.split()
+        assert out[-1:] == ["True"], run
+        assert len(list((tmp_path / "pointtrack" / "kernels").glob("*.cubin"))) == 1
 
 
 def test_fused_bf16_tracks_match_pytorch_path(monkeypatch):

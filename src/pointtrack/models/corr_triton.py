@@ -1,4 +1,4 @@
-"""The 4D correlation of CoTracker3 as one fused GPU kernel (Triton).
+"""The 4D correlation of CoTracker3 as one fused GPU kernel (CUDA in bf16, else Triton).
 
 `CoTracker3.correlate` in PyTorch gathers an 8x8 window of features around every track
 position, correlates it with the query patch and blends the result bilinearly: three passes
@@ -11,7 +11,9 @@ one matrix product and writes only the 49x49 volume, as a row of the correlation
 The arithmetic is the same as the PyTorch path (border pixels repeat, x varies slowest in
 both patches); products accumulate in fp32. Used on CUDA when Triton is installed (it comes
 with PyTorch's CUDA wheels; the kernel itself is in `_corr_kernel`, imported on first use);
-the PyTorch path is the reference and runs everywhere else.
+the PyTorch path is the reference and runs everywhere else. In bf16 on GPUs with bf16 tensor
+cores, `_corr_cuda`'s kernel runs instead: it blends after the products, as the PyTorch path
+does, with the products on tensor cores.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import torch
 from torch import Tensor
 
 ENABLED = os.environ.get("POINTTRACK_TRITON", "1") != "0"  # POINTTRACK_TRITON=0: PyTorch path
+# POINTTRACK_CORR_CUDA=0: the Triton correlation kernel in bf16 too.
+CUDA_KERNEL = os.environ.get("POINTTRACK_CORR_CUDA", "1") != "0"
 ROW = 2432  # a volume row padded to a multiple of 64 elements: aligned, fast GEMM operands
 
 
@@ -38,8 +42,9 @@ def _triton_installed() -> bool:  # asked once per chunk of points: look it up o
     return importlib.util.find_spec("triton") is not None
 
 
-def preload_kernels() -> threading.Thread | None:
-    """Import Triton and the fused kernels on a thread, where Triton is installed.
+def preload_kernels(device: torch.device | None = None) -> threading.Thread | None:
+    """Import Triton and the fused kernels on a thread, where Triton is installed (and compile
+    `_corr_cuda`'s kernel for ``device``, a CUDA device, with NVRTC).
 
     A process's first kernel launch imports Triton (0.2-0.3 s) and has it hash its own files
     into its cache key (0.4 s on an H200's host; the hashing runs without the GIL). The GPU
@@ -48,9 +53,16 @@ def preload_kernels() -> threading.Thread | None:
     captures CUDA graphs, which another thread's CUDA calls could break)."""
     if not (ENABLED and _triton_installed()):
         return None
+    arch = None
+    if CUDA_KERNEL and device is not None:
+        from . import _corr_cuda
+
+        arch = _corr_cuda._arch(device)  # a device query: here, not on the thread
 
     def load() -> None:
         try:
+            if arch is not None:
+                _corr_cuda.compile_for(arch)
             from triton.runtime.cache import triton_key  # Triton's own, cached per process
 
             from . import _add_norm_kernel, _attention_kernel, _corr_kernel  # noqa: F401
@@ -81,10 +93,15 @@ def correlate_volumes(pyramid: list[Tensor], xy: Tensor, support: list[Tensor],
     out = torch.empty(n, T, 4, ROW, device=xy.device, dtype=dtype)
     if n == 0 or T == 0:
         return out
-    from ._corr_kernel import _correlate_kernel
     xy = xy.float().contiguous()
     fmaps = [f.contiguous() for f in pyramid]
     queries = [q.to(dtype).contiguous() for q in support]
+    if CUDA_KERNEL and dtype == torch.bfloat16 and C == 128:
+        from . import _corr_cuda
+
+        if _corr_cuda.correlate_volumes(fmaps, xy, queries, out):
+            return out
+    from ._corr_kernel import _correlate_kernel
     _correlate_kernel[(n, -(-T // block_t), 4)](
         *fmaps, *queries, xy, out,
         T, H, W,

@@ -257,7 +257,7 @@ class _CoTracker3Engine(Tracker):
         """The network with its weights, loaded on first use (`CheckpointError` if it can't)."""
         if self._model is None:
             if self.device.type == "cuda":
-                corr_triton.preload_kernels()  # while the weights load and the video decodes
+                corr_triton.preload_kernels(self.device)  # while the weights load, video decodes
             # Built without storage or random init (0.2-0.4 s): the strict load sets every
             # tensor. (The model never calls randn or arange on meta: they import sympy.)
             with torch.device("meta"):

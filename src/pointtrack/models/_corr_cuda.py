@@ -1,0 +1,369 @@
+"""The 4D correlation as a CUDA kernel: tensor-core products first, the bilinear blend after.
+
+The Triton kernel (`_corr_kernel`) blends each patch position's four bilinear neighbours from
+the feature map before its product: 64 rows x 128 channels read four times and blended in fp32
+on the CUDA cores, for every point, frame and level. Blending is linear, so it can come after
+the product, on the volume, as the PyTorch path does; that needs a stencil over the product's
+rows, which Triton cannot express. Here one warp takes one frame: it copies the 8 x 8 window of
+features around the track (every corner of the 7 x 7 patch) to shared memory once, correlates
+it with the query patch in tensor-core products (`mma.sync`, bf16 in, fp32 sums) and blends
+the fp32 products in registers. With the window's pixel ``(px, py)`` as product row
+``8 * px + py``, a product's x neighbour is in the same thread and its y neighbour four lanes
+up (one shuffle). A block's warps share the query patch; volumes leave through shared memory
+as whole 16-byte stores.
+
+bf16 only, on GPUs with bf16 tensor cores (compute capability 8.0 and up). Compiled once per
+process with NVRTC (which PyTorch's CUDA wheels ship; ~0.6 s, so the cubin is kept in
+``~/.cache/pointtrack/kernels`` for later processes) and launched through the CUDA driver with
+ctypes: no compiler or CUDA toolkit needed. If any of that is missing or fails, `corr_triton`
+keeps the Triton kernel.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import hashlib
+import logging
+import os
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+WARPS = 4  # warps per block, each on its own frames (two blocks fit an SM's shared memory)
+FRAMES_PER_BLOCK = 32  # frames a block's warps take turns over (the query patch is read once)
+ROW = 2432  # a volume row: 49 x 49 values, zero-padded (corr_triton.ROW)
+
+
+def shared_bytes(warps: int) -> int:
+    """Query rows (49 + zero padding) and one 8 x 8 window a warp."""
+    return 56 * 256 + warps * 64 * 256
+
+SOURCE = r"""
+#define C 128
+#define ROW 2432
+
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+    return (unsigned)__cvta_generic_to_shared(p);
+}
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" :: "r"(dst), "l"(src));
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+    asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
+}
+__device__ __forceinline__ void ldsm_x4(unsigned* r, unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x2(unsigned* r, unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1]) : "r"(addr));
+}
+__device__ __forceinline__ void mma_bf16(float* d, const unsigned* a, const unsigned* b) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+__device__ __forceinline__ unsigned short to_bf16(float f) {
+    unsigned short h;
+    asm("cvt.rn.bf16.f32 %0, %1;\n" : "=h"(h) : "f"(f));
+    return h;
+}
+
+extern "C" __global__ void __launch_bounds__(WARPS * 32)
+pointtrack_correlate(const unsigned short* __restrict__ f0, const unsigned short* __restrict__ f1,
+                     const unsigned short* __restrict__ f2, const unsigned short* __restrict__ f3,
+                     const unsigned short* __restrict__ q0, const unsigned short* __restrict__ q1,
+                     const unsigned short* __restrict__ q2, const unsigned short* __restrict__ q3,
+                     const float* __restrict__ xy, unsigned short* __restrict__ out,
+                     int T, int H, int W, int stride_xn, int stride_on, int stride_ot,
+                     int frames_per_block) {
+    extern __shared__ __align__(128) unsigned char smem[];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int point = blockIdx.x, level = blockIdx.z;
+    const unsigned short* fmap = level == 0 ? f0 : level == 1 ? f1 : level == 2 ? f2 : f3;
+    const unsigned short* query = (level == 0 ? q0 : level == 1 ? q1 : level == 2 ? q2 : q3)
+                                  + (size_t)point * 49 * C;
+    const int Hl = H >> level, Wl = W >> level;
+    const float scale = 1.0f / (float)(1 << level);
+    // Rows of 256 bytes (128 channels); 16-byte chunk c of row r sits at chunk c ^ (r & 7), so
+    // the 8 rows an ldmatrix reads fall in different banks.
+    unsigned char* qs = smem;                              // 56 query rows (49 used)
+    unsigned char* win = smem + 56 * 256 + warp * 64 * 256;  // this warp's 8x8 window
+    for (int i = threadIdx.x; i < 56 * 16; i += WARPS * 32) {
+        const int r = i >> 4, c = i & 15;
+        unsigned char* dst = qs + r * 256 + ((c ^ (r & 7)) << 4);
+        if (r < 49) cp_async16(smem_u32(dst), query + r * C + c * 8);
+        else *(uint4*)dst = make_uint4(0, 0, 0, 0);
+    }
+    cp_async_wait_all();
+    __syncthreads();
+    const unsigned q_base = smem_u32(qs), win_base = smem_u32(win);
+    const int g = lane >> 2, tq = (lane & 3) * 2;
+    const int t_end = min(T, (int)blockIdx.y * frames_per_block + frames_per_block);
+    for (int t = blockIdx.y * frames_per_block + warp; t < t_end; t += WARPS) {
+        const float* p = xy + (size_t)point * stride_xn + 2 * t;
+        const float cx = p[0] * scale, cy = p[1] * scale;
+        const float fx = floorf(cx), fy = floorf(cy);
+        const float ax = cx - fx, ay = cy - fy;
+        const int x0 = (int)fx - 3, y0 = (int)fy - 3;
+        const unsigned short* frame = fmap + (size_t)t * Hl * Wl * C;
+        // Window row r = px * 8 + py: pixel (x0 + px, y0 + py), clamped (border padding).
+        for (int i = lane; i < 64 * 16; i += 32) {
+            const int r = i >> 4, c = i & 15;
+            const int x = min(max(x0 + (r >> 3), 0), Wl - 1);
+            const int y = min(max(y0 + (r & 7), 0), Hl - 1);
+            cp_async16(win_base + r * 256 + ((c ^ (r & 7)) << 4),
+                       frame + ((size_t)y * Wl + x) * C + c * 8);
+        }
+        cp_async_wait_all();
+        __syncwarp();
+        // (64 window pixels) x (56 query rows) products, fp32.
+        float acc[4][7][4];
+#pragma unroll
+        for (int m = 0; m < 4; ++m)
+#pragma unroll
+            for (int j = 0; j < 7; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) acc[m][j][e] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < 8; ++kk) {
+            unsigned a[4][4];
+#pragma unroll
+            for (int m = 0; m < 4; ++m) {
+                const int r = m * 16 + (lane & 15), c = kk * 2 + (lane >> 4);
+                ldsm_x4(a[m], win_base + r * 256 + ((c ^ (r & 7)) << 4));
+            }
+#pragma unroll
+            for (int j = 0; j < 7; ++j) {
+                unsigned b[2];
+                const int r = j * 8 + (lane & 7), c = kk * 2 + ((lane >> 3) & 1);
+                ldsm_x2(b, q_base + r * 256 + ((c ^ (r & 7)) << 4));
+#pragma unroll
+                for (int m = 0; m < 4; ++m) mma_bf16(acc[m][j], a[m], b);
+            }
+        }
+        __syncwarp();  // every lane is done with the window: its buffer stages the output
+        unsigned short* stage = (unsigned short*)win;
+        // acc[m][j][0..1]: pixel (px = 2m, py = g), queries 8j + tq + {0, 1};
+        // acc[m][j][2..3]: pixel (2m + 1, g). Blend along x in the thread, along y by a shuffle.
+#pragma unroll
+        for (int j = 0; j < 7; ++j) {
+#pragma unroll
+            for (int px = 0; px < 7; ++px) {
+                const int m = px >> 1;
+                float h0, h1;
+                if (px & 1) {
+                    h0 = (1.f - ax) * acc[m][j][2] + ax * acc[m + 1][j][0];
+                    h1 = (1.f - ax) * acc[m][j][3] + ax * acc[m + 1][j][1];
+                } else {
+                    h0 = (1.f - ax) * acc[m][j][0] + ax * acc[m][j][2];
+                    h1 = (1.f - ax) * acc[m][j][1] + ax * acc[m][j][3];
+                }
+                const float n0 = __shfl_down_sync(0xffffffffu, h0, 4);
+                const float n1 = __shfl_down_sync(0xffffffffu, h1, 4);
+                const int q = j * 8 + tq;
+                if (g < 7) {
+                    const int at = (px * 7 + g) * 49 + q;
+                    if (q < 49) stage[at] = to_bf16((1.f - ay) * h0 + ay * n0);
+                    if (q + 1 < 49) stage[at + 1] = to_bf16((1.f - ay) * h1 + ay * n1);
+                }
+            }
+        }
+        if (lane < ROW - 2401) stage[2401 + lane] = 0;
+        __syncwarp();
+        uint4* dst = (uint4*)(out + (size_t)point * stride_on + (size_t)t * stride_ot
+                              + level * ROW);
+        const uint4* src = (const uint4*)stage;
+        for (int i = lane; i < ROW * 2 / 16; i += 32) dst[i] = src[i];
+        __syncwarp();  // the copy is read before the next frame's window overwrites it
+    }
+}
+"""
+
+
+class _Library:
+    """NVRTC and the CUDA driver, through ctypes (the functions used here only)."""
+
+    def __init__(self) -> None:
+        self.cuda = ctypes.CDLL("libcuda.so.1")
+        self.nvrtc = _load_nvrtc()
+        self.nvrtc.nvrtcGetErrorString.restype = ctypes.c_char_p
+
+    def compile(self, source: str, arch: str) -> bytes:
+        """``source`` compiled for ``arch`` (e.g. ``sm_90``): a cubin, from the disk cache when
+        this NVRTC compiled the same source before."""
+        major, minor = ctypes.c_int(), ctypes.c_int()
+        self._nvrtc(self.nvrtc.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor)))
+        key = hashlib.sha256(f"{major.value}.{minor.value} {arch}\n{source}".encode()).hexdigest()
+        cached = _cache_dir() / f"correlate-{key[:24]}.cubin"
+        try:
+            return cached.read_bytes()
+        except OSError:
+            pass
+        cubin = self._compile(source, arch)
+        try:  # written whole, then renamed: a concurrent reader never sees half a file
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=cached.parent, delete=False) as f:
+                f.write(cubin)
+            os.replace(f.name, cached)
+        except OSError:
+            pass
+        return cubin
+
+    def _compile(self, source: str, arch: str) -> bytes:
+        nv, prog = self.nvrtc, ctypes.c_void_p()
+        self._nvrtc(nv.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), b"corr.cu", 0,
+                                          None, None))
+        try:
+            options = [f"--gpu-architecture={arch}".encode(), b"--std=c++17"]
+            status = nv.nvrtcCompileProgram(prog, len(options),
+                                            (ctypes.c_char_p * len(options))(*options))
+            if status != 0:
+                size = ctypes.c_size_t()
+                nv.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+                log = ctypes.create_string_buffer(size.value)
+                nv.nvrtcGetProgramLog(prog, log)
+                raise RuntimeError(f"NVRTC: {log.value.decode(errors='replace')[:2000]}")
+            size = ctypes.c_size_t()
+            self._nvrtc(nv.nvrtcGetCUBINSize(prog, ctypes.byref(size)))
+            cubin = ctypes.create_string_buffer(size.value)
+            self._nvrtc(nv.nvrtcGetCUBIN(prog, cubin))
+            return cubin.raw
+        finally:
+            nv.nvrtcDestroyProgram(ctypes.byref(prog))
+
+    def _nvrtc(self, status: int) -> None:
+        if status != 0:
+            raise RuntimeError(f"NVRTC: {self.nvrtc.nvrtcGetErrorString(status).decode()}")
+
+    def check(self, status: int) -> None:
+        if status != 0:
+            text = ctypes.c_char_p()
+            self.cuda.cuGetErrorString(status, ctypes.byref(text))
+            raise RuntimeError(f"CUDA driver: {(text.value or b'error %d' % status).decode()}")
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "pointtrack" / "kernels"
+
+
+def _load_nvrtc() -> ctypes.CDLL:
+    """NVRTC of PyTorch's CUDA version: by name (loaded already, or on the library path), else
+    from the NVIDIA pip wheels PyTorch depends on."""
+    major = (torch.version.cuda or "12").split(".")[0]
+    names = [f"libnvrtc.so.{major}", "libnvrtc.so"]
+    for base in sys.path:
+        for sub in ("nvidia/cuda_nvrtc/lib", f"nvidia/cu{major}/lib"):
+            names += sorted(glob.glob(os.path.join(base, sub, f"libnvrtc.so.{major}*")))
+    for name in names:
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    raise OSError(f"NVRTC (libnvrtc.so.{major}) not found")
+
+
+class _Kernel:
+    """The compiled kernel on one device."""
+
+    def __init__(self, lib: _Library, cubin: bytes, device: torch.device, warps: int) -> None:
+        self.lib, self.warps, self.shared = lib, warps, shared_bytes(warps)
+        with torch.cuda.device(device):
+            # The device's primary context (PyTorch's), current on this thread: the runtime
+            # makes it current lazily, so in a process that has not used the GPU yet it may
+            # not be.
+            context = ctypes.c_void_p()
+            lib.check(lib.cuda.cuCtxGetCurrent(ctypes.byref(context)))
+            if not context.value:
+                ordinal = ctypes.c_int()
+                lib.check(lib.cuda.cuDeviceGet(ctypes.byref(ordinal), device.index))
+                lib.check(lib.cuda.cuDevicePrimaryCtxRetain(ctypes.byref(context), ordinal))
+                lib.check(lib.cuda.cuCtxSetCurrent(context))
+            self.module, self.function = ctypes.c_void_p(), ctypes.c_void_p()
+            lib.check(lib.cuda.cuModuleLoadData(ctypes.byref(self.module), cubin))
+            lib.check(lib.cuda.cuModuleGetFunction(ctypes.byref(self.function), self.module,
+                                                   b"pointtrack_correlate"))
+            max_dynamic_shared = 8  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+            lib.check(lib.cuda.cuFuncSetAttribute(self.function, max_dynamic_shared,
+                                                  self.shared))
+
+    def __call__(self, grid: tuple[int, int, int], args: list) -> None:
+        values = [ctypes.c_void_p(a.data_ptr()) if isinstance(a, Tensor) else ctypes.c_int(a)
+                  for a in args]
+        pointers = (ctypes.c_void_p * len(values))(
+            *[ctypes.cast(ctypes.byref(v), ctypes.c_void_p) for v in values])
+        stream = ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
+        self.lib.check(self.lib.cuda.cuLaunchKernel(
+            self.function, *grid, 32 * self.warps, 1, 1, self.shared, stream, pointers, None))
+
+
+_lock = threading.RLock()
+_cubins: dict[tuple[str, int], bytes | Exception] = {}
+_kernels: dict[tuple[int, int], _Kernel | None] = {}
+
+
+def _arch(device: torch.device) -> str | None:
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"sm_{major}{minor}" if major >= 8 else None  # bf16 mma.sync: Ampere and later
+
+
+def compile_for(arch: str, warps: int | None = None) -> bytes:
+    """The kernel's cubin for ``arch``, compiled once per process (CPU work only: safe on a
+    thread while another captures CUDA graphs). Raises what compiling raised."""
+    warps = warps or WARPS
+    key = (arch, warps)
+    with _lock:
+        if key not in _cubins:
+            try:
+                _cubins[key] = _Library().compile(f"#define WARPS {warps}\n" + SOURCE, arch)
+            except Exception as e:  # kept: every later call raises it again, cheaply
+                _cubins[key] = e
+        cubin = _cubins[key]
+    if isinstance(cubin, Exception):
+        raise cubin
+    return cubin
+
+
+def kernel(device: torch.device, warps: int | None = None) -> _Kernel | None:
+    """The kernel on ``device``, or None where it cannot run (no NVRTC, an older GPU, a
+    failed compile)."""
+    warps = warps or WARPS
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    key = (index, warps)
+    if key not in _kernels:
+        with _lock:
+            if key not in _kernels:
+                try:
+                    at = torch.device("cuda", index)
+                    arch = _arch(at)
+                    _kernels[key] = (None if arch is None
+                                     else _Kernel(_Library(), compile_for(arch, warps), at, warps))
+                except Exception as e:  # the Triton kernel does the work instead
+                    logging.getLogger(__name__).info("CUDA correlation kernel unavailable: %s", e)
+                    _kernels[key] = None
+    return _kernels[key]
+
+
+def correlate_volumes(pyramid: list[Tensor], xy: Tensor, support: list[Tensor], out: Tensor,
+                      warps: int | None = None, frames_per_block: int | None = None) -> bool:
+    """Writes `corr_triton.correlate_volumes`'s volumes into ``out (n, T, 4, ROW)`` and returns
+    True, or returns False (nothing written) where this kernel cannot run. bf16 tensors,
+    contiguous, 128 channels."""
+    run = kernel(xy.device, warps)
+    if run is None:
+        return False
+    n, T, _ = xy.shape
+    _, H, W, _ = pyramid[0].shape
+    frames = min(T, frames_per_block or FRAMES_PER_BLOCK)
+    with torch.cuda.device(xy.device):
+        run((n, -(-T // frames), 4), [*pyramid, *support, xy, out, T, H, W, xy.stride(0),
+                                      out.stride(0), out.stride(1), frames])
+    return True
