@@ -3,9 +3,10 @@
 Run on a GPU machine; prints (1) a phase breakdown (encoder, correlation, transformer) of a
 case with synchronised timers, per variant (PyTorch or fused correlation, with or without the
 online CUDA graph, config overrides), (2) with --profile the top kernels of one call, (3) with
---tune the correlation kernel's launch shapes, (4) with --timeline when the CPU queued and the
-GPU ran each phase of one call (plus a cProfile and a Chrome trace). The correctness of the
-GPU paths is checked by tests/test_gpu.py. Notes on each run go in benchmarks/NOTES.md.
+--tune the correlation kernels (Triton and CUDA) per launch shape, with their errors, (4) with
+--timeline when the CPU queued and the GPU ran each phase of one call (plus a cProfile and a
+Chrome trace). The correctness of the GPU paths is checked by tests/test_gpu.py. Notes on each
+run go in benchmarks/NOTES.md.
 
     python benchmarks/gpu_explore.py --case offline-480p-82f-grid50 --precision bf16
 """
@@ -29,24 +30,58 @@ from gpu import CASES, MODEL_SIZE, moving_texture, resize_uint8  # noqa: E402
 
 
 def tune_correlation(n: int = 336, T: int = 82) -> list[dict]:
-    """Fused kernel time (ms) per launch configuration, bf16, one chunk
-    of points (336 x 82: an offline chunk on GPU; 1724 x 16: an online one)."""
+    """Correlation kernel time (ms, bf16) per kernel and launch configuration on one chunk of
+    points (336 x 82: an offline chunk on GPU; 1724 x 16: an online one), and each kernel's
+    mean absolute error against the volumes computed in fp32 from the same bf16 inputs (the
+    PyTorch path's order: window products, then the blend)."""
     from triton.testing import do_bench
 
-    from pointtrack.models import corr_triton
+    from pointtrack.models import _corr_cuda, corr_triton
+    from pointtrack.models.cotracker3 import blend, gather_windows
 
-    pyramid = [torch.randn(T, 96 // 2**lv, 128 // 2**lv, 128, device="cuda").bfloat16()
-               for lv in range(4)]
-    support = [torch.randn(n, 49, 128, device="cuda").bfloat16() for _ in range(4)]
-    xy = torch.rand(n, T, 2, device="cuda") * torch.tensor([128.0, 96.0], device="cuda")
-    rows = []
-    for block_t, warps in ((1, 4), (2, 4), (4, 4), (2, 8)):
-        def call(block_t=block_t, warps=warps):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    pyramid = [torch.randn(T, 96 // 2**lv, 128 // 2**lv, 128, device="cuda",
+                           generator=g).bfloat16() for lv in range(4)]
+    support = [torch.randn(n, 49, 128, device="cuda", generator=g).bfloat16() for _ in range(4)]
+    # Some positions off the map: the border handling is timed too.
+    xy = torch.rand(n, T, 2, device="cuda", generator=g) * torch.tensor(
+        [140.0, 108.0], device="cuda") - 6
+    check = min(n, 64)
+    frames = torch.arange(T, device="cuda").expand(1, check, T)
+    reference = []
+    for lv in range(4):
+        at = xy[None, :check] / 2**lv
+        window = gather_windows(pyramid[lv].float()[None], at, frames, 3)
+        products = torch.bmm(window.reshape(check, -1, 128),
+                             support[lv][:check].float().transpose(1, 2))
+        reference.append(blend(products.reshape(*window.shape[:-1], 49), at).reshape(check, T, -1))
+    reference = torch.stack(reference, 2)
+
+    def triton_kernel(block_t, warps):
+        corr_triton.CUDA_KERNEL = False
+        try:
             return corr_triton.correlate_volumes(pyramid, xy, support, block_t=block_t,
                                                  num_warps=warps)
-        ms = do_bench(call, return_mode="median")
-        rows.append({"n": n, "T": T, "block_t": block_t,
-                     "num_warps": warps, "ms": ms, "ns_per_row": ms * 1e6 / (n * T * 4)})
+        finally:
+            corr_triton.CUDA_KERNEL = True
+
+    def cuda_kernel(frames_per_block, warps):
+        out = torch.empty(n, T, 4, corr_triton.ROW, device="cuda", dtype=torch.bfloat16)
+        if not _corr_cuda.correlate_volumes(pyramid, xy.contiguous(), support, out, warps,
+                                            frames_per_block):
+            raise RuntimeError("the CUDA correlation kernel cannot run here")
+        return out
+
+    configs = [("triton", triton_kernel, b, w) for b, w in ((1, 4), (2, 4), (4, 4), (2, 8))]
+    configs += [("cuda", cuda_kernel, f, w) for f, w in ((16, 4), (32, 4), (32, 2), (32, 8))]
+    rows = []
+    for kernel, fn, block, warps in configs:
+        volume = fn(block, warps)[:check, :, :, :2401].float()
+        ms = do_bench(lambda fn=fn, block=block, warps=warps: fn(block, warps),
+                      return_mode="median")
+        rows.append({"n": n, "T": T, "kernel": kernel, "frames_per_program": block,
+                     "num_warps": warps, "ms": ms, "ns_per_row": ms * 1e6 / (n * T * 4),
+                     "mean_abs_error_vs_fp32": float((volume - reference).abs().mean())})
         print(rows[-1], flush=True)
     return rows
 
@@ -228,7 +263,7 @@ def main() -> int:
     p.add_argument("--case", default="offline-480p-82f-grid50")
     p.add_argument("--precision", default="bf16")
     p.add_argument("--profile", action="store_true")
-    p.add_argument("--tune", action="store_true", help="correlation kernel launch shapes")
+    p.add_argument("--tune", action="store_true", help="correlation kernels and launch shapes")
     p.add_argument("--variants", default="fused-eager,fused-graphs",
                    help="comma-separated from torch-eager, fused-eager, fused-graphs")
     p.add_argument("--frames", type=int, help="override the cases' frame count (shorter runs)")
