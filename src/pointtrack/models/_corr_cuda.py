@@ -357,13 +357,15 @@ def correlate_volumes(pyramid: list[Tensor], xy: Tensor, support: list[Tensor], 
     """Writes `corr_triton.correlate_volumes`'s volumes into ``out (n, T, 4, ROW)`` and returns
     True, or returns False (nothing written) where this kernel cannot run. bf16 tensors,
     contiguous, 128 channels."""
-    run = kernel(xy.device, warps)
-    if run is None:
-        return False
     n, T, _ = xy.shape
     _, H, W, _ = pyramid[0].shape
     frames = min(T, frames_per_block or FRAMES_PER_BLOCK)
+    sizes = [T, H, W, xy.stride(0), out.stride(0), out.stride(1), frames]
+    if max(sizes) >= 2**31:  # the kernel takes 32-bit sizes (offsets are 64-bit inside)
+        return False
+    run = kernel(xy.device, warps)
+    if run is None:
+        return False
     with torch.cuda.device(xy.device):
-        run((n, -(-T // frames), 4), [*pyramid, *support, xy, out, T, H, W, xy.stride(0),
-                                      out.stride(0), out.stride(1), frames])
+        run((n, -(-T // frames), 4), [*pyramid, *support, xy, out, *sizes])
     return True
