@@ -5,8 +5,9 @@ case with synchronised timers, per variant (PyTorch or fused correlation, with o
 online CUDA graph, config overrides), (2) with --profile the top kernels of one call, (3) with
 --tune the correlation kernels (Triton and CUDA) per launch shape, with their errors, (4) with
 --timeline when the CPU queued and the GPU ran each phase of one call (plus a cProfile and a
-Chrome trace). The correctness of the GPU paths is checked by tests/test_gpu.py. Notes on each
-run go in benchmarks/NOTES.md.
+Chrome trace), (5) with --encoder the CNN alone, eager, with fused norms and compiled. The
+correctness of the GPU paths is checked by tests/test_gpu.py. Notes on each run go in
+benchmarks/NOTES.md.
 
     python benchmarks/gpu_explore.py --case offline-480p-82f-grid50 --precision bf16
 """
@@ -83,6 +84,44 @@ def tune_correlation(n: int = 336, T: int = 82) -> list[dict]:
                      "num_warps": warps, "ms": ms, "ns_per_row": ms * 1e6 / (n * T * 4),
                      "mean_abs_error_vs_fp32": float((volume - reference).abs().mean())})
         print(rows[-1], flush=True)
+    return rows
+
+
+def time_encoder(frames: int = 16) -> list[dict]:
+    """The CNN alone on one chunk of ``frames`` frames at model resolution, bf16, synthetic
+    weights (ms, do_bench medians): eager PyTorch ops, eager with `norm_act`'s fused norms
+    (POINTTRACK_FUSED_ENCODER), and compiled; each one's mean difference from fp32."""
+    import copy
+
+    from triton.testing import do_bench
+
+    from pointtrack.models import norm_act
+    from pointtrack.models.cotracker3 import CoTracker3Offline
+    from pointtrack.models.weights import synthetic_state_dict
+
+    model = CoTracker3Offline()
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    model.load_state_dict(synthetic_state_dict(shapes))
+    fnet = model.fnet.cuda().eval()
+    g = torch.Generator(device="cuda").manual_seed(0)
+    H, W = MODEL_SIZE[1], MODEL_SIZE[0]
+    x = torch.rand(frames, 3, H, W, device="cuda", generator=g) * 2 - 1
+    rows = []
+    with torch.no_grad():
+        reference = fnet(x)
+        fnet16, x16 = copy.deepcopy(fnet).bfloat16(), x.bfloat16()
+        compiled = torch.compile(fnet16, dynamic=False)
+        for name, fused, net in (("eager", False, fnet16), ("fused norms", True, fnet16),
+                                 ("compiled", False, compiled)):
+            norm_act.ENABLED = fused
+            try:
+                error = float((net(x16).float() - reference).abs().mean())
+                ms = do_bench(lambda net=net: net(x16), return_mode="median")
+            finally:
+                norm_act.ENABLED = False
+            rows.append({"encoder": name, "frames": frames, "ms": ms,
+                         "ms_per_frame": ms / frames, "mean_abs_error_vs_fp32": error})
+            print(rows[-1], flush=True)
     return rows
 
 
@@ -264,6 +303,8 @@ def main() -> int:
     p.add_argument("--precision", default="bf16")
     p.add_argument("--profile", action="store_true")
     p.add_argument("--tune", action="store_true", help="correlation kernels and launch shapes")
+    p.add_argument("--encoder", action="store_true",
+                   help="the CNN alone: eager, eager with fused norms, compiled")
     p.add_argument("--variants", default="fused-eager,fused-graphs",
                    help="comma-separated from torch-eager, fused-eager, fused-graphs")
     p.add_argument("--frames", type=int, help="override the cases' frame count (shorter runs)")
@@ -277,6 +318,8 @@ def main() -> int:
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     if args.tune:
         report["tune"] = tune_correlation() + tune_correlation(1724, 16)
+    if args.encoder:
+        report["encoder"] = time_encoder()
     if args.timeline:
         for case_name in args.case.split(","):
             text = timeline(CASES[case_name], args.precision, args.timeline / case_name)

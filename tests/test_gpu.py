@@ -210,6 +210,31 @@ print(_corr_cuda.kernel(torch.device("cuda")) is not None)
         assert len(list((tmp_path / "pointtrack" / "kernels").glob("*.cubin"))) == 1
 
 
+def test_fused_encoder_norms_are_as_close_to_fp32_as_eager_bf16(monkeypatch):
+    """`norm_act` (POINTTRACK_FUSED_ENCODER=1) rounds once where the eager ops round after
+    the norm, the ReLU and the add: its features must be no further from fp32's."""
+    import copy
+
+    from pointtrack.models import norm_act
+
+    model = CoTracker3Offline()
+    model.load_state_dict(_weights(CoTracker3Offline))
+    fnet = model.fnet.cuda().eval()
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.rand(4, 3, 384, 512, device="cuda", generator=g) * 2 - 1
+    with torch.no_grad():
+        reference = fnet(x)
+        fnet16 = copy.deepcopy(fnet).bfloat16()
+        eager = fnet16(x.bfloat16()).float()
+        monkeypatch.setattr(norm_act, "ENABLED", True)
+        assert norm_act.available(x.bfloat16())
+        fused = fnet16(x.bfloat16()).float()
+    assert not torch.equal(fused, eager)  # the kernel really ran
+    error = {name: float((v - reference).abs().mean()) for name, v in
+             (("fused", fused), ("eager", eager))}
+    assert error["fused"] <= 1.05 * error["eager"], error
+
+
 def test_fused_bf16_tracks_match_pytorch_path(monkeypatch):
     weights = _weights(CoTracker3Offline)
     video = _video()

@@ -50,6 +50,10 @@ def test_add_norm_kernel_matches_pytorch():
     _run("add_norm")
 
 
+def test_norm_act_kernel_matches_pytorch():
+    _run("norm_act")
+
+
 # -- the checks, run in the child process -----------------------------------------------------
 
 
@@ -95,6 +99,27 @@ def check_correlation() -> None:
         ref = torch.einsum("ntpc,nqc->ntpq", patch, support[level]).reshape(n, T, -1)
         torch.testing.assert_close(out[:, :, level, :2401], ref, rtol=1e-4, atol=1e-3)
         assert torch.all(out[:, :, level, 2401:] == 0)  # the GEMM's padding
+
+
+def check_norm_act() -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from pointtrack.models import norm_act
+
+    g = torch.Generator().manual_seed(0)
+    # 40 x 50 = 2000 values a plane: two steps of the kernel's 1024, the second ragged.
+    x = torch.randn(2, 3, 40, 50, generator=g) * 3 + 1
+    skip = torch.randn(2, 3, 40, 50, generator=g)
+    for relu, residual in ((True, None), (False, None), (True, skip)):
+        out = norm_act.norm_act(x, 1e-5, relu, residual)
+        ref = F.instance_norm(x, eps=1e-5)
+        if relu:
+            ref = F.relu(ref)
+        if residual is not None:
+            ref = F.relu(ref + residual)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    _interpreted("_norm_act_kernel", "_norm_act_kernel")
 
 
 def check_short_attention(L: str) -> None:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from . import attention, corr_triton
+from . import attention, corr_triton, norm_act
 from .add_norm import add_norm
 
 
@@ -110,17 +110,19 @@ class ResidualBlock(nn.Module):
             )
 
     def forward(self, x: Tensor) -> Tensor:
-        # In place where the input is not needed again: on CPU every fresh activation costs
-        # memory traffic (the GPU path compiles the CNN, which fuses these anyway).
-        y = F.relu_(instance_norm(self.norm1, self.conv1(x)))
-        y = F.relu_(instance_norm(self.norm2, self.conv2(y)))
+        y = self.conv2(instance_norm(self.norm1, self.conv1(x), relu=True))
         if self.downsample is not None:
             x = instance_norm(self.downsample[1], self.downsample[0](x))
-        return F.relu_(y.add_(x))
+        return instance_norm(self.norm2, y, relu=True, skip=x)
 
 
-def instance_norm(norm: nn.InstanceNorm2d, x: Tensor) -> Tensor:
-    """``norm(x)``; on CPU in bf16/fp16, a channels-last ``x`` stays channels-last.
+def instance_norm(norm: nn.InstanceNorm2d, x: Tensor, relu: bool = False,
+                  skip: Tensor | None = None) -> Tensor:
+    """``norm(x)``, then ``relu`` of it if asked, then ``relu(that + skip)`` with ``skip``: in
+    place where ``x`` is not needed again (on CPU every fresh activation costs memory traffic),
+    or in one kernel (`norm_act`) where that is switched on.
+
+    On CPU in bf16/fp16, a channels-last ``x`` stays channels-last.
 
     PyTorch's instance norm returns channels-first and is 2-5x slower on a channels-last CPU
     tensor; a group norm with one group per channel computes the same statistics in the
@@ -131,13 +133,22 @@ def instance_norm(norm: nn.InstanceNorm2d, x: Tensor) -> Tensor:
     the last stage: 4.4 ms against 0.24 ms for 2 frames x 128 channels); those few values
     take a channels-first group norm and come back channels-last (same statistics).
     """
+    if norm_act.available(x) and (skip is None or skip.is_contiguous()):
+        return norm_act.norm_act(x, norm.eps, relu, skip)
     if (x.device.type == "cpu" and x.dtype != torch.float32 and x.shape[1] > 1
             and x.is_contiguous(memory_format=torch.channels_last)):
         if x.shape[-2] * x.shape[-1] < 1024:
             y = F.group_norm(x.contiguous(), x.shape[1], eps=norm.eps)
-            return y.contiguous(memory_format=torch.channels_last)
-        return F.group_norm(x, x.shape[1], eps=norm.eps)
-    return norm(x)
+            y = y.contiguous(memory_format=torch.channels_last)
+        else:
+            y = F.group_norm(x, x.shape[1], eps=norm.eps)
+    else:
+        y = norm(x)
+    if relu:
+        F.relu_(y)
+    if skip is not None:
+        F.relu_(y.add_(skip))
+    return y
 
 
 class FeatureEncoder(nn.Module):
@@ -164,7 +175,7 @@ class FeatureEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         size = (x.shape[-2] // self.stride, x.shape[-1] // self.stride)
-        x = F.relu_(instance_norm(self.norm1, self.conv1(x)))
+        x = instance_norm(self.norm1, self.conv1(x), relu=True)
         stages = []
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
             x = layer(x)
@@ -172,7 +183,7 @@ class FeatureEncoder(nn.Module):
             same = tuple(x.shape[-2:]) == size
             stages.append(x if same else F.interpolate(x, size, mode="bilinear",
                                                        align_corners=True))
-        x = F.relu_(instance_norm(self.norm2, self.conv2(torch.cat(stages, dim=1))))
+        x = instance_norm(self.norm2, self.conv2(torch.cat(stages, dim=1)), relu=True)
         return self.conv3(x)
 
 

@@ -1,0 +1,51 @@
+"""Instance norm, ReLU and the residual block's add + ReLU in one kernel, for the encoder on
+the GPU in bf16/fp16.
+
+The eager encoder spends most of its time around its convolutions: each instance norm is a
+statistics pass and a transform pass (PyTorch runs it as a batch norm), then a ReLU, and at a
+residual block's end an add and another ReLU, each a pass over the activations. Compiling
+the encoder fuses them (0.21 against 0.60 ms a frame on an H200) but costs 12-35 s a
+process. `norm_act` does them in one kernel per norm: ``relu(norm(x))``, ``norm(x)``, or the
+block's end ``relu(relu(norm(x)) + skip)``, reading each plane three times (it stays in L2)
+and writing it once, in fp32 until the one rounding.
+
+Off unless ``POINTTRACK_FUSED_ENCODER=1``: it has not been timed on a GPU yet (benchmarks/NOTES.md,
+session 18). Elsewhere the same results come from PyTorch ops (`cotracker3.instance_norm`).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+from . import corr_triton
+
+ENABLED = os.environ.get("POINTTRACK_FUSED_ENCODER", "0") == "1"
+BLOCK = 1024  # elements of a plane per step
+
+
+def available(x: Tensor) -> bool:
+    """Whether `norm_act` runs for ``x``: switched on, CUDA with Triton, reduced precision
+    (fp32 keeps PyTorch's ops, the parity path), a contiguous NCHW tensor."""
+    return (ENABLED and x.dtype != torch.float32 and corr_triton.available(x)
+            and x.dim() == 4 and x.is_contiguous())
+
+
+def norm_act(x: Tensor, eps: float, relu: bool = True, skip: Tensor | None = None) -> Tensor:
+    """The instance norm (no affine) of ``x (N, C, H, W)``, then a ReLU if ``relu``, then
+    with ``skip`` (same shape) ``relu(that + skip)``. A new tensor, in ``x``'s dtype."""
+    from ._norm_act_kernel import _norm_act_kernel
+
+    if not x.is_contiguous() or (skip is not None and (skip.shape != x.shape
+                                                       or not skip.is_contiguous())):
+        raise ValueError("norm_act takes contiguous NCHW tensors of one shape")
+    out = torch.empty_like(x)
+    N, C, H, W = x.shape
+    if out.numel():
+        _norm_act_kernel[(N * C,)](
+            x, x if skip is None else skip, out, H * W, eps,
+            RELU=relu, SKIP=skip is not None, BLOCK=BLOCK, num_warps=4,
+        )
+    return out
