@@ -588,7 +588,11 @@ def test_cpu_bf16_encoder_runs_channels_last_and_stays_near_fp32(monkeypatch):
         reference = encoder(x)
         bf16 = copy.deepcopy(encoder).to(torch.bfloat16)
         fast = bf16(x.bfloat16().contiguous(memory_format=torch.channels_last))
-        monkeypatch.setattr(m, "instance_norm", lambda norm, x: norm(x))
+        def channels_first(norm, x, relu=False, skip=None):  # PyTorch's own instance norm
+            y = F.relu(norm(x)) if relu else norm(x)
+            return y if skip is None else F.relu(y + skip)
+
+        monkeypatch.setattr(m, "instance_norm", channels_first)
         plain = bf16(x.bfloat16().contiguous())
         monkeypatch.undo()
         assert fast.is_contiguous(memory_format=torch.channels_last)
