@@ -29,6 +29,18 @@ def _random_case(dtype, n=70, T=9, H=96, W=128, C=128, seed=0):
     return pyramid, support, xy
 
 
+def _float64_volumes(pyramid, support, xy):
+    """Each level's correlation volumes ``(n, T, 2401)`` in float64: blended patches dotted
+    with the query patches."""
+    n, T = xy.shape[:2]
+    frames = torch.arange(T, device="cuda").expand(1, n, T)
+    for level in range(4):
+        at = xy[None].double() / 2**level
+        window = gather_windows(pyramid[level][None].double(), at, frames, 3)
+        patch = blend(window, at).reshape(n, T, 49, -1)
+        yield torch.einsum("ntpc,nqc->ntpq", patch, support[level].double()).reshape(n, T, -1)
+
+
 @pytest.mark.parametrize("dtype,tol,cuda_kernel,T", [
     (torch.float32, 1e-5, False, 9),
     (torch.bfloat16, 1e-2, False, 9),
@@ -41,13 +53,7 @@ def test_fused_correlation_matches_float64_reference(dtype, tol, cuda_kernel, T,
         assert _corr_cuda.kernel(torch.device("cuda")) is not None
     pyramid, support, xy = _random_case(dtype, T=T)
     out = corr_triton.correlate_volumes(pyramid, xy, support)
-    n, T = xy.shape[:2]
-    frames = torch.arange(T, device="cuda").expand(1, n, T)
-    for level in range(4):
-        at = xy[None].double() / 2**level
-        window = gather_windows(pyramid[level][None].double(), at, frames, 3)
-        patch = blend(window, at).reshape(n, T, 49, -1)
-        ref = torch.einsum("ntpc,nqc->ntpq", patch, support[level].double()).reshape(n, T, -1)
+    for level, ref in enumerate(_float64_volumes(pyramid, support, xy)):
         got = out[:, :, level, :2401].double()
         assert torch.isfinite(got).all()
         assert float((got - ref).norm() / ref.norm()) < tol
@@ -62,13 +68,7 @@ def test_cuda_correlation_kernel_is_closer_to_float64_than_triton(monkeypatch):
     for cuda_kernel in (True, False):
         monkeypatch.setattr(corr_triton, "CUDA_KERNEL", cuda_kernel)
         volumes[cuda_kernel] = corr_triton.correlate_volumes(pyramid, xy, support)
-    n, T = xy.shape[:2]
-    frames = torch.arange(T, device="cuda").expand(1, n, T)
-    for level in range(4):
-        at = xy[None].double() / 2**level
-        window = gather_windows(pyramid[level][None].double(), at, frames, 3)
-        patch = blend(window, at).reshape(n, T, 49, -1)
-        ref = torch.einsum("ntpc,nqc->ntpq", patch, support[level].double()).reshape(n, T, -1)
+    for level, ref in enumerate(_float64_volumes(pyramid, support, xy)):
         error = {k: float((v[:, :, level, :2401].double() - ref).norm() / ref.norm())
                  for k, v in volumes.items()}
         assert error[True] <= error[False], error
