@@ -111,6 +111,7 @@ def time_encoder(frames: int = 16) -> list[dict]:
         reference = fnet(x)
         fnet16, x16 = copy.deepcopy(fnet).bfloat16(), x.bfloat16()
         compiled = torch.compile(fnet16, dynamic=False)
+        default = norm_act.ENABLED
         for name, fused, net in (("eager", False, fnet16), ("fused norms", True, fnet16),
                                  ("compiled", False, compiled)):
             norm_act.ENABLED = fused
@@ -118,7 +119,7 @@ def time_encoder(frames: int = 16) -> list[dict]:
                 error = float((net(x16).float() - reference).abs().mean())
                 ms = do_bench(lambda net=net: net(x16), return_mode="median")
             finally:
-                norm_act.ENABLED = False
+                norm_act.ENABLED = default
             rows.append({"encoder": name, "frames": frames, "ms": ms,
                          "ms_per_frame": ms / frames, "mean_abs_error_vs_fp32": error})
             print(rows[-1], flush=True)
@@ -174,10 +175,10 @@ def breakdown(case: dict, precision: str, graphs: bool, fused: bool = True,
     return result
 
 
-def top_kernels(case: dict, precision: str, rows: int = 25) -> str:
+def top_kernels(case: dict, precision: str, rows: int = 25, compile: bool = False) -> str:
     from torch.profiler import ProfilerActivity, profile
 
-    tracker, run = _tracker(case, precision)
+    tracker, run = _tracker(case, precision, compile)
     tracker.model.cfg.cuda_graphs = False
     run()
     torch.cuda.synchronize()
@@ -192,14 +193,14 @@ def top_kernels(case: dict, precision: str, rows: int = 25) -> str:
     ])
 
 
-def _tracker(case: dict, precision: str):
+def _tracker(case: dict, precision: str, compile: bool = False):
     from pointtrack.models.weights import synthetic_state_dict
     from pointtrack.trackers import load_tracker
     from pointtrack.video import Clip
 
     shapes = json.loads((ROOT / f"tests/data/parity/{case['mode']}_shapes.json").read_text())
     tracker = load_tracker(f"cotracker3-{case['mode']}", checkpoint=synthetic_state_dict(shapes),
-                           device="cuda", precision=precision)
+                           device="cuda", precision=precision, compile=compile)
     frames = resize_uint8(moving_texture(case["frames"], case["size"]), MODEL_SIZE)
     clip = Clip(frames, np.arange(len(frames)), 30.0, case["size"])
     return tracker, lambda: tracker.track(clip, grid_size=case["grid"])
@@ -302,6 +303,8 @@ def main() -> int:
     p.add_argument("--case", default="offline-480p-82f-grid50")
     p.add_argument("--precision", default="bf16")
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--compile", action="store_true",
+                   help="--profile: compile the encoder, as gpu.py's model rows do")
     p.add_argument("--tune", action="store_true", help="correlation kernels and launch shapes")
     p.add_argument("--encoder", action="store_true",
                    help="the CNN alone: eager, eager with fused norms, compiled")
@@ -337,7 +340,8 @@ def main() -> int:
             report[key] = r
             print(key, r, flush=True)
     if args.profile:
-        table = top_kernels(CASES[args.case.split(",")[0]], args.precision)
+        table = top_kernels(CASES[args.case.split(",")[0]], args.precision,
+                            compile=args.compile)
         print(table)
         report["profile"] = table
     if args.out:

@@ -211,8 +211,8 @@ print(_corr_cuda.kernel(torch.device("cuda")) is not None)
 
 
 def test_fused_encoder_norms_are_as_close_to_fp32_as_eager_bf16(monkeypatch):
-    """`norm_act` (POINTTRACK_FUSED_ENCODER=1) rounds once where the eager ops round after
-    the norm, the ReLU and the add: its features must be no further from fp32's."""
+    """`norm_act` (on unless POINTTRACK_FUSED_ENCODER=0) rounds once where the eager ops round
+    after the norm, the ReLU and the add: its features must be no further from fp32's."""
     import copy
 
     from pointtrack.models import norm_act
@@ -225,6 +225,8 @@ def test_fused_encoder_norms_are_as_close_to_fp32_as_eager_bf16(monkeypatch):
     with torch.no_grad():
         reference = fnet(x)
         fnet16 = copy.deepcopy(fnet).bfloat16()
+        monkeypatch.setattr(norm_act, "ENABLED", False)
+        assert not norm_act.available(x.bfloat16())
         eager = fnet16(x.bfloat16()).float()
         monkeypatch.setattr(norm_act, "ENABLED", True)
         assert norm_act.available(x.bfloat16())

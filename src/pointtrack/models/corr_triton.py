@@ -65,7 +65,12 @@ def preload_kernels(device: torch.device | None = None) -> threading.Thread | No
                 _corr_cuda.compile_for(arch)
             from triton.runtime.cache import triton_key  # Triton's own, cached per process
 
-            from . import _add_norm_kernel, _attention_kernel, _corr_kernel  # noqa: F401
+            from . import (  # noqa: F401
+                _add_norm_kernel,
+                _attention_kernel,
+                _corr_kernel,
+                _norm_act_kernel,  # noqa: F401
+            )
 
             triton_key()
         except Exception:  # only a head start: the first launch does it otherwise

@@ -9,8 +9,10 @@ process. `norm_act` does them in one kernel per norm: ``relu(norm(x))``, ``norm(
 block's end ``relu(relu(norm(x)) + skip)``, reading each plane three times (it stays in L2)
 and writing it once, in fp32 until the one rounding.
 
-Off unless ``POINTTRACK_FUSED_ENCODER=1``: it has not been timed on a GPU yet (benchmarks/NOTES.md,
-session 18). Elsewhere the same results come from PyTorch ops (`cotracker3.instance_norm`).
+On by default (``POINTTRACK_FUSED_ENCODER=0`` turns it off): on an H200 one 16-frame chunk took
+8.25 against 9.67 ms eager, and came out closer to fp32 (benchmarks/NOTES.md, session 19). Not
+inside ``torch.compile``, which fuses these itself. Elsewhere the same results come from
+PyTorch ops (`cotracker3.instance_norm`).
 """
 
 from __future__ import annotations
@@ -22,15 +24,15 @@ from torch import Tensor
 
 from . import corr_triton
 
-ENABLED = os.environ.get("POINTTRACK_FUSED_ENCODER", "0") == "1"
+ENABLED = os.environ.get("POINTTRACK_FUSED_ENCODER", "1") != "0"
 BLOCK = 1024  # elements of a plane per step
 
 
 def available(x: Tensor) -> bool:
     """Whether `norm_act` runs for ``x``: switched on, CUDA with Triton, reduced precision
-    (fp32 keeps PyTorch's ops, the parity path), a contiguous NCHW tensor."""
+    (fp32 keeps PyTorch's ops, the parity path), a contiguous NCHW tensor, not being compiled."""
     return (ENABLED and x.dtype != torch.float32 and corr_triton.available(x)
-            and x.dim() == 4 and x.is_contiguous())
+            and x.dim() == 4 and x.is_contiguous() and not torch.compiler.is_compiling())
 
 
 def norm_act(x: Tensor, eps: float, relu: bool = True, skip: Tensor | None = None) -> Tensor:
