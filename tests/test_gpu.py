@@ -124,6 +124,39 @@ def test_online_stream_with_graphs_equals_track_bf16():
     assert np.abs(plain.xy - whole.xy).max() < 0.5
 
 
+def test_online_capture_is_reused_by_later_videos_of_as_many_points():
+    """A video tracked after another with as many points replays the first one's CUDA graph
+    from its first window (no eager window, no capture); streams alive at once get their own;
+    a new number of points drops the old capture."""
+    weights = _weights(CoTracker3Online)
+    video = _video(T=41)
+    tracker = load_tracker("cotracker3-online", checkpoint=weights, device="cuda",
+                           precision="bf16")
+    first = tracker.track(video, grid_size=5)
+    pool = tracker.model._captures
+    assert len(pool) == 1 and pool[0].graph is not None and pool[0].owner() is None
+    graph, calls = pool[0].graph, pool[0].calls
+    again = tracker.track(video[::-1].copy(), grid_size=5)  # another video, as many points
+    assert pool[0].graph is graph and pool[0].calls == calls  # replayed, not recaptured
+    fresh = load_tracker("cotracker3-online", checkpoint=weights, device="cuda",
+                         precision="bf16")
+    expected = fresh.track(video[::-1].copy(), grid_size=5)  # eager first window, capture
+    assert np.abs(again.xy - expected.xy).max() < 1e-3
+    assert (again.visible == expected.visible).all()
+
+    one, two = tracker.stream(grid_size=5), tracker.stream(grid_size=5)
+    for a in range(0, len(video), 8):
+        one.push(video[a : a + 8])
+        two.push(video[::-1][a : a + 8])
+    assert len(pool) == 2  # both alive: two captures
+    assert np.abs(one.finish().xy - first.xy).max() < 1e-3
+    assert np.abs(two.finish().xy - expected.xy).max() < 1e-3
+    key = pool[0].pool_key
+    del one, two
+    tracker.track(video, grid_size=4)  # other shape: the old captures go
+    assert len(pool) == 1 and pool[0].pool_key != key
+
+
 def test_offline_path_encoded_while_decoding_equals_decoded_clip_bf16(tmp_path):
     """`track(path)` offline on the GPU: batches encoded as they are decoded (pinned staging
     buffers reused from feed to feed, the compiled encoder's padded last chunk) give the

@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import math
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -761,6 +762,9 @@ class CapturedRefine:
         self.model = model
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.owner: Callable[[], object] = lambda: None  # its state (`_attach_buffers`)
+        self.pool_key: tuple = ()
+        self.support: list[Tensor] = []
 
     def __call__(self, pyramid: list[Tensor], support: list[Tensor], coords: Tensor,
                  vis: Tensor, conf: Tensor, iters: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -875,6 +879,38 @@ class CoTracker3Online(CoTracker3):
             raise ValueError(f"an online chunk has 1..{S} frames, got {Tc}")
         return self.track(self.pad_window(self.encode(chunk)), state, Tc, iters)
 
+    def _attach_buffers(self, state: OnlineState, pyramid: list[Tensor]) -> None:
+        """Give ``state`` zeroed query-feature buffers ``(B, N, 49, C)`` per level and its
+        refine: on GPU a `CapturedRefine`, reused from an earlier state of the same shape
+        once that state is gone (a video tracked before), buffers and all. So a tracker's
+        later videos with as many points replay the captured graph from their first window,
+        where a fresh capture runs one window eagerly and records on the second (~0.13 s of
+        a 0.78 s call, 1080p online grid 50, H200: benchmarks/NOTES.md session 19). Captures
+        of other shapes are dropped when their states are gone, freeing their memory."""
+        B, N = state.queries.shape[:2]
+        like = pyramid[0]
+        shape = (B, N, self.cfg.patch**2, self.cfg.latent_dim)
+
+        def zeros() -> list[Tensor]:
+            return [like.new_zeros(shape) for _ in pyramid]
+
+        if not (self.cfg.cuda_graphs and like.is_cuda):
+            state.support, state.refine = zeros(), self.refine
+            return
+        key = (shape, len(pyramid), like.dtype, like.device)
+        pool: list[CapturedRefine] = self.__dict__.setdefault("_captures", [])  # no state dict
+        pool[:] = [c for c in pool if c.owner() is not None or c.pool_key == key]
+        capture = next((c for c in pool if c.owner() is None), None)
+        if capture is None:
+            capture = CapturedRefine(self)
+            capture.pool_key, capture.support = key, zeros()
+            pool.append(capture)
+        else:
+            for buffer in capture.support:
+                buffer.zero_()
+        capture.owner = weakref.ref(state)
+        state.support, state.refine = capture.support, capture
+
     def pad_window(self, pyramid: list[Tensor]) -> list[Tensor]:
         """Features of a short last window padded to the full window by repeating its last
         frame (what padding the video with that frame would give: features are per frame)."""
@@ -897,8 +933,7 @@ class CoTracker3Online(CoTracker3):
         # frame has not come yet keep zeros. Decided on the CPU: no sync with the GPU.
         first_new = 0 if start == 0 else start + step
         if state.support is None:
-            C, P2 = self.cfg.latent_dim, self.cfg.patch**2
-            state.support = [pyramid[0].new_zeros(B, N, P2, C) for _ in pyramid]
+            self._attach_buffers(state, pyramid)
         host = state.query_frames
         for b in range(B):
             idx = torch.nonzero((host[b] >= first_new) & (host[b] < start + S))[:, 0]
@@ -927,9 +962,7 @@ class CoTracker3Online(CoTracker3):
             vis = torch.where(known, prev_vis, vis)
             conf = torch.where(known, prev_conf, conf)
 
-        if state.refine is None:
-            state.refine = CapturedRefine(self) if self.cfg.cuda_graphs else self.refine
-        coords, vis, conf = state.refine(
+        coords, vis, conf = (state.refine or self.refine)(
             pyramid, support, coords, vis, conf, iters or self.cfg.iters
         )
         state.carry = (coords[:, step:], vis[:, step:], conf[:, step:])
