@@ -66,12 +66,15 @@ def resize_uint8(frames: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
 
 
 def measure(fn, repeats: int) -> dict:
-    """Median seconds over ``repeats`` runs after a warm-up, and the peak memory of one run;
+    """Median seconds over ``repeats`` runs after a warm-up, and the peak memory of one run:
+    ``peak_gib`` the tensors it allocated, ``reserved_gib`` all the device memory PyTorch held
+    during it (weights, and what a tracker keeps between calls, such as the online model's
+    captured CUDA graph and its pool, included; the allocator's cache emptied first);
     ``output`` is the warm-up run's result."""
     output = fn()  # warm-up: kernels, allocator, autotuning
     torch.cuda.synchronize()
     times = []
-    peak = 0
+    peak = reserved = 0
     for _ in range(repeats):
         gc.collect()
         torch.cuda.empty_cache()
@@ -83,8 +86,9 @@ def measure(fn, repeats: int) -> dict:
         torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
         peak = max(peak, torch.cuda.max_memory_allocated() - base)
-    return {"seconds": float(np.median(times)), "peak_gib": peak / 2**30, "runs": times,
-            "output": output}
+        reserved = max(reserved, torch.cuda.max_memory_reserved())
+    return {"seconds": float(np.median(times)), "peak_gib": peak / 2**30,
+            "reserved_gib": reserved / 2**30, "runs": times, "output": output}
 
 
 def agreement(tracks, reference) -> dict:

@@ -653,3 +653,30 @@ def test_cpu_bf16_mlp_gelu_in_the_epilogue_is_nearer_fp32(monkeypatch):
     mlp = m.Mlp(64, 256, approximate="tanh").to(torch.bfloat16)
     mlp.hidden(torch.randn(8, 64).bfloat16()).float().sum().backward()
     assert mlp.fc1.weight.grad is not None and mlp.fc1.weight.grad.abs().sum() > 0
+
+
+def test_fused_norm_check_never_breaks_a_compiled_encoder_graph(monkeypatch):
+    """Inside torch.compile the encoder keeps PyTorch's ops, and deciding so must not break
+    the graph. It once did on GPU: the check's Triton lookup broke the graph, ran eagerly
+    (not compiling, so "use the kernel"), and the traced kernel's variants hit Dynamo's
+    recompile limit, leaving the "compiled" encoder partly eager. Here the GPU's answer is
+    stood in for by a call Dynamo cannot trace (ctypes)."""
+    import ctypes
+
+    from pointtrack.models import corr_triton, norm_act
+    from pointtrack.models.cotracker3 import ResidualBlock
+
+    def on_a_gpu(t):
+        return ctypes.c_int(1).value == 1
+
+    torch.manual_seed(0)
+    block = ResidualBlock(8, 16, stride=2).bfloat16().eval()
+    x = torch.rand(2, 8, 16, 16).bfloat16()
+    with torch.no_grad():
+        expected = block(x)
+        monkeypatch.setattr(norm_act, "ENABLED", True)
+        monkeypatch.setattr(corr_triton, "available", on_a_gpu)
+        assert norm_act.available(x)  # outside compile the kernel would be chosen
+        torch._dynamo.reset()
+        compiled = torch.compile(block, backend="eager", fullgraph=True)
+        torch.testing.assert_close(compiled(x), expected, rtol=0, atol=0)

@@ -348,6 +348,20 @@ def test_compiled_encoder_is_as_close_to_fp32_as_eager_bf16():
         assert err_c < max(1.5 * err_e, 1e-2), (err_c, err_e)
 
 
+def test_encoder_compiles_to_one_graph_with_the_fused_norms_on():
+    """The fused-norm check is a constant inside torch.compile: no graph break, so the
+    compiled encoder is compiled whole (a break once left it partly eager, session 19)."""
+    from pointtrack.models import norm_act
+
+    assert norm_act.ENABLED  # the default
+    fnet = CoTracker3Offline().fnet.cuda().eval().bfloat16()
+    x = torch.rand(2, 3, 384, 512, device="cuda").bfloat16()
+    torch._dynamo.reset()
+    with torch.inference_mode():
+        out = torch.compile(fnet, dynamic=False, fullgraph=True)(x)
+    assert out.shape == (2, 128, 96, 128)
+
+
 def _sdpa_reference(q, kv):
     """fp32 SDPA of ``q (B, N, 384)`` over ``kv (B, M, 768)`` (keys, then values), 8 heads."""
     def heads(t):

@@ -31,8 +31,12 @@ BLOCK = 1024  # elements of a plane per step
 def available(x: Tensor) -> bool:
     """Whether `norm_act` runs for ``x``: switched on, CUDA with Triton, reduced precision
     (fp32 keeps PyTorch's ops, the parity path), a contiguous NCHW tensor, not being compiled."""
+    if torch.compiler.is_compiling():
+        # Asked first: torch.compile takes it as a constant, while the Triton lookup below
+        # would break the graph, run this check eagerly (False there) and trace the kernel.
+        return False
     return (ENABLED and x.dtype != torch.float32 and corr_triton.available(x)
-            and x.dim() == 4 and x.is_contiguous() and not torch.compiler.is_compiling())
+            and x.dim() == 4 and x.is_contiguous())
 
 
 def norm_act(x: Tensor, eps: float, relu: bool = True, skip: Tensor | None = None) -> Tensor:
