@@ -774,7 +774,7 @@ class CapturedRefine:
             self.calls += 1
             if self.calls < 2 or not coords.is_cuda:  # kernels compile on an eager run first
                 return self.model.refine(pyramid, support, coords, vis, conf, iters)
-            self.key = key
+            self.graph = None  # until this capture succeeds (it is kept across calls)
             self.static = tuple(t.clone() for t in inputs)
             levels = list(self.static[: len(pyramid)])
             self.out: tuple[Tensor, ...] = ()
@@ -784,6 +784,7 @@ class CapturedRefine:
                                              iters)
 
             self.graph = _capture(run)
+            self.key = key
         for s, t in zip(self.static, inputs, strict=True):
             s.copy_(t)
         self.graph.replay()

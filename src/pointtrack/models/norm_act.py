@@ -32,8 +32,8 @@ def available(x: Tensor) -> bool:
     """Whether `norm_act` runs for ``x``: switched on, CUDA with Triton, reduced precision
     (fp32 keeps PyTorch's ops, the parity path), a contiguous NCHW tensor, not being compiled."""
     if torch.compiler.is_compiling():
-        # Asked first: torch.compile takes it as a constant, while the Triton lookup below
-        # would break the graph, run this check eagerly (False there) and trace the kernel.
+        # Asked first: torch.compile takes it as a constant. The Triton lookup below broke
+        # the graph (torch 2.11), so the check ran eagerly, not compiling, and chose the kernel.
         return False
     return (ENABLED and x.dtype != torch.float32 and corr_triton.available(x)
             and x.dim() == 4 and x.is_contiguous())
