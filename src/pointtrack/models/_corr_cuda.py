@@ -129,24 +129,22 @@ pointtrack_correlate(const unsigned short* __restrict__ f0, const unsigned short
         // while chunk s is multiplied. Window row r = 8 px + py (pixel (x0 + px, y0 + py),
         // clamped: border padding) holds 64 bytes; its 16-byte piece c sits at piece
         // c ^ ((r >> 1) & 3), so an ldmatrix's 8 rows fall in different banks.
+        auto copy_chunk = [&](unsigned buf, int s) {  // this lane's pieces of chunk s
 #pragma unroll
-        for (int k = 0; k < 8; ++k) {
-            const int r = g + 8 * k, x = min(max(x0 + k, 0), Wl - 1);
-            cp_async16(win_base + r * 64 + ((lc ^ ((r >> 1) & 3)) << 4), row + (size_t)x * C);
-        }
-        asm volatile("cp.async.commit_group;\n" ::: "memory");
+            for (int k = 0; k < 8; ++k) {
+                const int r = g + 8 * k, x = min(max(x0 + k, 0), Wl - 1);
+                cp_async16(buf + r * 64 + ((lc ^ ((r >> 1) & 3)) << 4),
+                           row + (size_t)x * C + s * 32);
+            }
+            asm volatile("cp.async.commit_group;\n" ::: "memory");
+        };
+        copy_chunk(win_base, 0);
 #pragma unroll 1
         for (int s = 0; s < 4; ++s) {
             const unsigned buf = win_base + (s & 1) * 4096;
             if (s < 3) {
-                const unsigned nxt = win_base + ((s + 1) & 1) * 4096;
-#pragma unroll
-                for (int k = 0; k < 8; ++k) {
-                    const int r = g + 8 * k, x = min(max(x0 + k, 0), Wl - 1);
-                    cp_async16(nxt + r * 64 + ((lc ^ ((r >> 1) & 3)) << 4),
-                               row + (size_t)x * C + (s + 1) * 32);
-                }
-                asm volatile("cp.async.commit_group;\ncp.async.wait_group 1;\n" ::: "memory");
+                copy_chunk(win_base + ((s + 1) & 1) * 4096, s + 1);
+                asm volatile("cp.async.wait_group 1;\n" ::: "memory");
             } else {
                 asm volatile("cp.async.wait_group 0;\n" ::: "memory");
             }

@@ -69,7 +69,7 @@ def preload_kernels(device: torch.device | None = None) -> threading.Thread | No
                 _add_norm_kernel,
                 _attention_kernel,
                 _corr_kernel,
-                _norm_act_kernel,  # noqa: F401
+                _norm_act_kernel,
             )
 
             triton_key()
