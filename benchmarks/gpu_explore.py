@@ -206,7 +206,7 @@ def _tracker(case: dict, precision: str, compile: bool = False):
     return tracker, lambda: tracker.track(clip, grid_size=case["grid"])
 
 
-def timeline(case: dict, precision: str, out: Path | None = None) -> str:
+def timeline(case: dict, precision: str, out: Path | None = None, compile: bool = False) -> str:
     """When the CPU queued each phase of one warm call and when the GPU ran it (CUDA events,
     no syncs added): a phase whose GPU start follows its CPU start closely waited on the CPU.
     With ``out``, also a cProfile of the call (``out``.cprofile.txt) and a Chrome trace of
@@ -216,7 +216,7 @@ def timeline(case: dict, precision: str, out: Path | None = None) -> str:
     import io
     import pstats
 
-    tracker, run = _tracker(case, precision)
+    tracker, run = _tracker(case, precision, compile)
     model = tracker.model
     run()
     torch.cuda.synchronize()
@@ -304,7 +304,7 @@ def main() -> int:
     p.add_argument("--precision", default="bf16")
     p.add_argument("--profile", action="store_true")
     p.add_argument("--compile", action="store_true",
-                   help="--profile: compile the encoder, as gpu.py's model rows do")
+                   help="--profile, --timeline: compile the encoder, as gpu.py's model rows do")
     p.add_argument("--tune", action="store_true", help="correlation kernels and launch shapes")
     p.add_argument("--encoder", action="store_true",
                    help="the CNN alone: eager, eager with fused norms, compiled")
@@ -325,7 +325,8 @@ def main() -> int:
         report["encoder"] = time_encoder()
     if args.timeline:
         for case_name in args.case.split(","):
-            text = timeline(CASES[case_name], args.precision, args.timeline / case_name)
+            text = timeline(CASES[case_name], args.precision, args.timeline / case_name,
+                            args.compile)
             print(text, flush=True)
             report[f"timeline-{case_name}"] = text
     for case_name in args.case.split(",") if args.variants else []:

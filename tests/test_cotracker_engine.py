@@ -680,3 +680,22 @@ def test_fused_norm_check_never_breaks_a_compiled_encoder_graph(monkeypatch):
         torch._dynamo.reset()
         compiled = torch.compile(block, backend="eager", fullgraph=True)
         torch.testing.assert_close(compiled(x), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("source_size", [(854, 480), (1920, 1080), (300, 777), (512, 384)])
+def test_source_pixels_equal_the_clips_conversion_bit_for_bit(source_size):
+    """Tracks are taken to source pixels through torch's CPU kernels (NumPy's broadcast over
+    the (x, y) pair costs a dense grid milliseconds): the same float32 operations as
+    `Clip.to_source_pixels`, so the same values exactly."""
+    from pointtrack.trackers.cotracker import _Geometry, _source_pixels
+    from pointtrack.video import Clip
+
+    rng = np.random.default_rng(sum(source_size))
+    clip = Clip(np.zeros((3, 384, 512, 3), np.uint8), np.arange(3), 30.0, source_size)
+    xy = (rng.random((3, 1001, 2), dtype=np.float32) * 700 - 100)  # some off the frame
+    to_frame = _Geometry(clip.size).to_frame
+    out = _source_pixels(xy, to_frame, clip.scale)
+    expected = clip.to_source_pixels(xy * to_frame, np.float32)
+    assert out.dtype == np.float32 and out.shape == xy.shape
+    assert np.array_equal(out, expected)
+    assert not np.shares_memory(out, xy)

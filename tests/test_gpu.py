@@ -401,6 +401,23 @@ def test_few_keys_attention_matches_sdpa(M):
     assert float((out.float() - ref).norm() / ref.norm()) < 1e-2
 
 
+def test_attention_kernels_launch_in_parts_past_the_grid_axis_limit():
+    """Heads are the grids' first axis; sequences (and groups) the second (third), which
+    CUDA caps at 65535 blocks: more go in further launches. With a single key per query,
+    attention returns that key's value exactly, so every part is checked."""
+    from pointtrack.models.attention import MAX_GRID_Y, few_keys_attention, short_attention
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    B = MAX_GRID_Y * 8 + 3  # sequences of one token: 8 a program, so two launches
+    q = torch.randn(B, 1, 384, device="cuda", generator=g).bfloat16()
+    kv = torch.randn(B, 1, 768, device="cuda", generator=g).bfloat16()
+    assert torch.equal(short_attention(q, kv, 8, 48), kv[..., 384:])
+    B = MAX_GRID_Y + 2
+    q = torch.randn(B, 1, 384, device="cuda", generator=g).bfloat16()
+    kv = torch.randn(B, 1, 768, device="cuda", generator=g).bfloat16()
+    assert torch.equal(few_keys_attention(q, kv, 8, 48), kv[..., 384:])
+
+
 def test_new_video_lengths_use_no_cudnn_attention():
     """cuDNN's SDPA builds a graph per new shape (0.3-2.4 s each on an H200): the transformer
     must not call it, whatever the video's length."""

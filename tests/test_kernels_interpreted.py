@@ -134,6 +134,9 @@ def check_short_attention(L: str) -> None:
     out = attention.short_attention(q, kv, 8, 48)
     _interpreted("_attention_kernel", "_short_attention_kernel")
     torch.testing.assert_close(out, _sdpa(q, kv), rtol=1e-4, atol=1e-4)
+    # Past the grid's limit on its second axis the sequences go in several launches.
+    attention.MAX_GRID_Y = 1
+    assert torch.equal(attention.short_attention(q, kv, 8, 48), out)
 
 
 def check_few_keys_attention(M: str) -> None:
@@ -148,6 +151,8 @@ def check_few_keys_attention(M: str) -> None:
     out = attention.few_keys_attention(q, kv, 8, 48, block_q=64)
     _interpreted("_attention_kernel", "_few_keys_attention_kernel")
     torch.testing.assert_close(out, _sdpa(q, kv), rtol=1e-4, atol=1e-4)
+    attention.MAX_GRID_Y = 1  # a launch per group, past the grid's limit on its third axis
+    assert torch.equal(attention.few_keys_attention(q, kv, 8, 48, block_q=64), out)
     try:
         attention.few_keys_attention(q, torch.randn(B, 129, 768), 8, 48)
     except ValueError as e:

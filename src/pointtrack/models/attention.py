@@ -28,6 +28,7 @@ from . import corr_triton
 
 MAX_LEN = 128  # longest sequence `short_attention` takes (longer ones go to SDPA)
 MAX_KEYS = 128  # most keys `few_keys_attention` takes
+MAX_GRID_Y = 65535  # CUDA's limit on a grid's second and third axes
 ENABLED = os.environ.get("POINTTRACK_SHORT_ATTENTION", "1") != "0"
 
 
@@ -61,11 +62,17 @@ def short_attention(q: Tensor, kv: Tensor, heads: int, head_dim: int,
     out = torch.empty(B * L, inner, device=q.device, dtype=q.dtype)
     LP = max(16, 1 << (L - 1).bit_length())
     rows = 128
-    _short_attention_kernel[(-(-B // (rows // LP)), heads)](
-        q, kv, out, B, L, q.stride(0), kv.stride(0), out.stride(0), 1.0 / math.sqrt(head_dim),
-        HEADS=heads, HEAD_DIM=head_dim, BLOCK_D=max(16, 1 << (head_dim - 1).bit_length()),
-        LP=LP, ROWS=rows, num_warps=num_warps,
-    )
+    # The sequences' blocks are the grid's second axis (at most 65535): more go in launches.
+    per_launch = MAX_GRID_Y * (rows // LP)
+    for s0 in range(0, B, per_launch):
+        n = min(per_launch, B - s0)
+        part = slice(s0 * L, (s0 + n) * L)
+        _short_attention_kernel[(heads, -(-n // (rows // LP)))](
+            q[part], kv[part], out[part], n, L, q.stride(0), kv.stride(0), out.stride(0),
+            1.0 / math.sqrt(head_dim), HEADS=heads, HEAD_DIM=head_dim,
+            BLOCK_D=max(16, 1 << (head_dim - 1).bit_length()), LP=LP, ROWS=rows,
+            num_warps=num_warps,
+        )
     return out.view(B, L, inner)
 
 
@@ -91,10 +98,12 @@ def few_keys_attention(q: Tensor, kv: Tensor, heads: int, head_dim: int,
     if q.stride(2) != 1 or kv.stride(2) != 1:
         q, kv = q.contiguous(), kv.contiguous()
     out = torch.empty(B, N, inner, device=q.device, dtype=q.dtype)
-    _few_keys_attention_kernel[(-(-N // block_q), heads, B)](
-        q, kv, out, N, M, q.stride(0), q.stride(1), kv.stride(0), kv.stride(1), out.stride(0),
-        out.stride(1), 1.0 / math.sqrt(head_dim),
-        HEADS=heads, HEAD_DIM=head_dim, BLOCK_D=max(16, 1 << (head_dim - 1).bit_length()),
-        BLOCK_Q=block_q, KP=max(16, 1 << (M - 1).bit_length()), num_warps=num_warps,
-    )
+    for b0 in range(0, B, MAX_GRID_Y):  # groups are the grid's third axis
+        b = slice(b0, b0 + MAX_GRID_Y)
+        _few_keys_attention_kernel[(heads, -(-N // block_q), min(MAX_GRID_Y, B - b0))](
+            q[b], kv[b], out[b], N, M, q.stride(0), q.stride(1), kv.stride(0), kv.stride(1),
+            out.stride(0), out.stride(1), 1.0 / math.sqrt(head_dim),
+            HEADS=heads, HEAD_DIM=head_dim, BLOCK_D=max(16, 1 << (head_dim - 1).bit_length()),
+            BLOCK_Q=block_q, KP=max(16, 1 << (M - 1).bit_length()), num_warps=num_warps,
+        )
     return out

@@ -180,6 +180,20 @@ class _Geometry:
         self.to_frame = np.float32([max(w - 1, 1) / (W - 1), max(h - 1, 1) / (H - 1)])
 
 
+def _source_pixels(xy: np.ndarray, to_frame: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Model pixels ``xy (T, N, 2)`` -> float32 source pixels: what
+    ``clip.to_source_pixels(xy * to_frame, np.float32)`` gives, bit for bit (the same float32
+    operations in the same order), through torch's CPU kernels. NumPy broadcasts over the
+    trailing (x, y) pair with an inner loop two long: 5.2 ms for 82 x 2500 points against
+    0.8 ms here (2-core VM), every call."""
+    out = torch.from_numpy(np.ascontiguousarray(xy, dtype=np.float32)) * torch.from_numpy(
+        np.asarray(to_frame, dtype=np.float32))
+    out += 0.5
+    out *= torch.from_numpy(np.asarray(scale).astype(np.float32))
+    out -= 0.5
+    return out.numpy()
+
+
 class _CoTracker3Engine(Tracker):
     """What both engines share: options, weights, prompts in model pixels, output Tracks."""
 
@@ -378,9 +392,7 @@ class _CoTracker3Engine(Tracker):
     def _to_tracks(self, clip: Clip, queries: np.ndarray, xy, vis, conf) -> Tracks:
         """Model-pixel results ``(T, N, ...)`` -> source-pixel `Tracks`."""
         geo = _Geometry(clip.size)
-        # In float32: the arrays are T x N, and float64 temporaries cost a dense grid
-        # milliseconds.
-        xy_src = clip.to_source_pixels(xy * geo.to_frame, np.float32)
+        xy_src = _source_pixels(xy, geo.to_frame, clip.scale)
         q_src = queries.astype(np.float64).copy()
         q_src[:, 1:] = clip.to_source_pixels(queries[:, 1:] * geo.to_frame)
         visible = self._visible(vis, conf)
