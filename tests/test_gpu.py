@@ -444,3 +444,24 @@ def test_fp32_gpu_call_keeps_device_memory_small():
                            device="cuda", progress=False)
     tracker.track(_video(T=24), grid_size=10)
     assert torch.cuda.max_memory_allocated() < 4 * 2**30
+
+
+def test_exact_gelu_mlp_takes_the_epilogue_within_bf16_rounding(monkeypatch):
+    """The correlation MLP's exact GELU goes through cuBLAS's (tanh) epilogue in bf16: its
+    output must move from the exact pass's and stay as close to a float64 reference."""
+    from pointtrack.models import cotracker3
+
+    torch.manual_seed(0)
+    mlp = cotracker3.Mlp(corr_triton.ROW, 384).cuda().bfloat16()
+    x = torch.randn(8192, corr_triton.ROW, device="cuda").bfloat16()
+    reference = F.gelu(F.linear(x.double(), mlp.fc1.weight.double(), mlp.fc1.bias.double()))
+    monkeypatch.setattr(cotracker3, "EXACT_GELU", True)
+    exact = mlp.hidden(x)
+    monkeypatch.setattr(cotracker3, "EXACT_GELU", False)
+    fused = mlp.hidden(x)
+    assert fused.dtype == exact.dtype == torch.bfloat16
+    assert not torch.equal(fused, exact)  # the epilogue ran
+    error = {k: (v.double() - reference).abs().mean().item()
+             for k, v in (("exact", exact), ("fused", fused))}
+    assert error["fused"] <= 1.1 * error["exact"], error
+

@@ -42,12 +42,14 @@ ROW = 2432  # a volume row: 49 x 49 values, zero-padded (corr_triton.ROW)
 
 
 def shared_bytes(warps: int) -> int:
-    """Query rows (49 + zero padding) and two 32-channel buffers of the 8 x 8 window a warp."""
-    return 56 * 256 + warps * 2 * 64 * 64
+    """Query rows (49 + zero padding), and a warp's two 32-channel buffers of the 8 x 8 window
+    and its staged volume row."""
+    return 56 * 256 + warps * (2 * 64 * 64 + ROW * 2)
 
 SOURCE = r"""
 #define C 128
 #define ROW 2432
+#define STAGE 4864  // a volume row in bytes, staged for whole 16-byte stores
 
 __device__ __forceinline__ unsigned smem_u32(const void* p) {
     return (unsigned)__cvta_generic_to_shared(p);
@@ -110,14 +112,44 @@ pointtrack_correlate(const unsigned short* __restrict__ f0, const unsigned short
     const int g = lane >> 2, tq = (lane & 3) * 2;
     const int lc = lane & 3;  // the 16-byte piece of a row this lane copies: rows g + 8k
     const int t_end = min(T, (int)blockIdx.y * frames_per_block + frames_per_block);
-    for (int t = blockIdx.y * frames_per_block + warp; t < t_end; t += WARPS) {
+    // Where frame t's window starts: its feature row for this lane (window row y0 + g,
+    // clamped: border padding), its first column and the bilinear weights.
+    struct Window { const unsigned short* row; int x0; float ax, ay; };
+    auto locate = [&](int t) {
         const float* p = xy + (size_t)point * stride_xn + 2 * t;
         const float cx = p[0] * scale, cy = p[1] * scale;
         const float fx = floorf(cx), fy = floorf(cy);
-        const float ax = cx - fx, ay = cy - fy;
-        const int x0 = (int)fx - 3, y0 = (int)fy - 3;
-        const int y = min(max(y0 + g, 0), Hl - 1);
-        const unsigned short* row = fmap + ((size_t)t * Hl + y) * Wl * C + lc * 8;
+        const int y = min(max((int)fy - 3 + g, 0), Hl - 1);
+        return Window{fmap + ((size_t)t * Hl + y) * Wl * C + lc * 8, (int)fx - 3,
+                      cx - fx, cy - fy};
+    };
+    // The window's channels go in four chunks of 32 through two buffers, always two chunks
+    // in flight: while chunk s is multiplied, chunk s + 1 is on its way, and the copy two
+    // ahead (chunks 2 and 3, then the next frame's 0 and 1) starts as soon as a buffer is
+    // read. So the next frame's window arrives while this one is blended and written out: a
+    // warp waits on memory about once a frame instead of every frame's first chunks.
+    // Window row r = 8 px + py (pixel (x0 + px, y0 + py)) holds 64 bytes; its 16-byte piece
+    // c sits at piece c ^ ((r >> 1) & 3), so an ldmatrix's 8 rows fall in different banks.
+    // Every step commits one group (empty past the last frame): wait_group 1 then always
+    // means "the chunk about to be read has arrived".
+    auto copy_chunk = [&](unsigned buf, const Window& w, int s) {  // this lane's pieces
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+            const int r = g + 8 * k, x = min(max(w.x0 + k, 0), Wl - 1);
+            cp_async16(buf + r * 64 + ((lc ^ ((r >> 1) & 3)) << 4),
+                       w.row + (size_t)x * C + s * 32);
+        }
+    };
+    auto commit = [] { asm volatile("cp.async.commit_group;\n" ::: "memory"); };
+    int t = blockIdx.y * frames_per_block + warp;
+    Window cur = t < t_end ? locate(t) : Window{nullptr, 0, 0.f, 0.f};
+    if (t < t_end) { copy_chunk(win_base, cur, 0); }
+    commit();
+    if (t < t_end) { copy_chunk(win_base + 4096, cur, 1); }
+    commit();
+    for (; t < t_end; t += WARPS) {
+        const bool more = t + WARPS < t_end;
+        const Window next = more ? locate(t + WARPS) : cur;  // read early: its latency hides
         float acc[4][7][4];
 #pragma unroll
         for (int m = 0; m < 4; ++m)
@@ -125,29 +157,10 @@ pointtrack_correlate(const unsigned short* __restrict__ f0, const unsigned short
             for (int j = 0; j < 7; ++j)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) acc[m][j][e] = 0.f;
-        // The window's channels in four chunks of 32, two buffers: chunk s + 1 is copied
-        // while chunk s is multiplied. Window row r = 8 px + py (pixel (x0 + px, y0 + py),
-        // clamped: border padding) holds 64 bytes; its 16-byte piece c sits at piece
-        // c ^ ((r >> 1) & 3), so an ldmatrix's 8 rows fall in different banks.
-        auto copy_chunk = [&](unsigned buf, int s) {  // this lane's pieces of chunk s
-#pragma unroll
-            for (int k = 0; k < 8; ++k) {
-                const int r = g + 8 * k, x = min(max(x0 + k, 0), Wl - 1);
-                cp_async16(buf + r * 64 + ((lc ^ ((r >> 1) & 3)) << 4),
-                           row + (size_t)x * C + s * 32);
-            }
-            asm volatile("cp.async.commit_group;\n" ::: "memory");
-        };
-        copy_chunk(win_base, 0);
 #pragma unroll 1
         for (int s = 0; s < 4; ++s) {
             const unsigned buf = win_base + (s & 1) * 4096;
-            if (s < 3) {
-                copy_chunk(win_base + ((s + 1) & 1) * 4096, s + 1);
-                asm volatile("cp.async.wait_group 1;\n" ::: "memory");
-            } else {
-                asm volatile("cp.async.wait_group 0;\n" ::: "memory");
-            }
+            asm volatile("cp.async.wait_group 1;\n" ::: "memory");
             __syncwarp();
 #pragma unroll
             for (int kl = 0; kl < 2; ++kl) {
@@ -166,11 +179,15 @@ pointtrack_correlate(const unsigned short* __restrict__ f0, const unsigned short
                     for (int m = 0; m < 4; ++m) mma_bf16(acc[m][j], a[m], b);
                 }
             }
-            __syncwarp();
+            __syncwarp();  // every lane has read the buffer: it can be refilled
+            if (s < 2) copy_chunk(buf, cur, s + 2);
+            else if (more) copy_chunk(buf, next, s - 2);
+            commit();
         }
+        const float ax = cur.ax, ay = cur.ay;
         // acc[m][j][0..1]: pixel (px = 2m, py = g), queries 8j + tq + {0, 1};
         // acc[m][j][2..3]: pixel (2m + 1, g). Blend along x in the thread, along y by a shuffle.
-        unsigned short* stage = (unsigned short*)win;  // the buffers are free: stage the volume
+        unsigned short* stage = (unsigned short*)(smem + 56 * 256 + WARPS * 8192 + warp * STAGE);
 #pragma unroll
         for (int j = 0; j < 7; ++j) {
 #pragma unroll
@@ -200,8 +217,10 @@ pointtrack_correlate(const unsigned short* __restrict__ f0, const unsigned short
                               + level * ROW);
         const uint4* src = (const uint4*)stage;
         for (int i = lane; i < ROW * 2 / 16; i += 32) dst[i] = src[i];
-        __syncwarp();  // the copy is read before the next frame's window overwrites it
+        __syncwarp();  // the copy is read before the next frame's volume overwrites it
+        cur = next;
     }
+    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
 }
 """
 
