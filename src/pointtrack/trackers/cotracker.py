@@ -169,6 +169,18 @@ class _Staging:
         return x
 
 
+def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A small host array on ``device``. On CUDA it goes through pinned memory without
+    blocking: a copy from pageable memory first waits for all GPU work queued before it
+    (CUDA's rule), which held the CPU back until the GPU had finished the encoder instead of
+    letting it queue the refinement meanwhile. (No change in a 480p call's time could be
+    told from the runs' spread: session 21.)"""
+    t = torch.from_numpy(array)
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 class _Geometry:
     """Pixels of the clip's frames (w x h) <-> model pixels (512 x 384), align_corners-style
     like the official predictors (corner pixel centres map onto each other)."""
@@ -301,6 +313,13 @@ class _CoTracker3Engine(Tracker):
                 # Fewer, larger correlation chunks: each costs the CPU as much to launch as a
                 # small one, and the volumes live only while the tokens are built.
                 self._model.cfg.corr_budget = 2**28
+                # Transformer chunks of 2^17 tokens: a 480p grid-50 call's blocks run in two
+                # chunks instead of four. Its refinement (H200, one process, arms alternating;
+                # benchmarks/NOTES.md session 21): GPU 135 -> 131 ms, CPU to queue it 97 -> 78
+                # ms (it runs eagerly, barely ahead of the GPU: a slower host stalls the GPU),
+                # peak 1.33 -> 1.65 GiB, tracks the same bit for bit. 2^18 gave 127 ms and 55
+                # ms for 2.02 GiB, past the 2 GiB this case is held to.
+                self._model.cfg.token_budget = 2**17
                 if dtype != torch.float32:
                     self._model.cfg.encoder_chunk = self.gpu_encoder_chunk
             self.checkpoint = None  # the weights live in the model now
@@ -557,7 +576,7 @@ class CoTracker3OfflineTracker(_CoTracker3Engine):
             q = queries[idx]
             if support:
                 q = np.concatenate([q, _support_points()])
-            qt = torch.from_numpy(q).to(self.device)[None]
+            qt = _to_device(q, self.device)[None]
             out = self._numpy(model.track(pyramid, qt, self.iters))
             if backward:
                 qt_rev = qt.clone()
