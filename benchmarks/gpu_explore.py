@@ -5,7 +5,8 @@ case with synchronised timers, per variant (PyTorch or fused correlation, with o
 online CUDA graph, config overrides), (2) with --profile the top kernels of one call, (3) with
 --tune the correlation kernels (Triton and CUDA) per launch shape, with their errors, (4) with
 --timeline when the CPU queued and the GPU ran each phase of one call (plus a cProfile and a
-Chrome trace), (5) with --encoder the CNN alone, eager, with fused norms and compiled. The
+Chrome trace), (5) with --encoder the CNN alone, eager, with fused norms and compiled, (6) with
+--alternate config overrides compared in one process, call by call. The
 correctness of the GPU paths is checked by tests/test_gpu.py. Notes on each run go in
 benchmarks/NOTES.md.
 
@@ -175,6 +176,64 @@ def breakdown(case: dict, precision: str, graphs: bool, fused: bool = True,
     return result
 
 
+def alternate(case: dict, precision: str, arms: list[dict], rounds: int,
+              compile: bool = False) -> dict:
+    """Config overrides compared in one process, through one tracker, the arms taking turns
+    call by call: between processes a call's time moves by ~10-20% on the same machine (the
+    host's speed: the eager refinement's CPU time is close to its GPU time), within one the
+    arms meet the same conditions. Per arm: medians of the call, of the refinement's GPU time
+    (CUDA events) and of the CPU time to queue it, the peak allocations, and whether its
+    tracks equal the first arm's."""
+    from pointtrack.models import cotracker3
+
+    tracker, run = _tracker(case, precision, compile)
+    cfg = tracker.model.cfg
+    defaults = {key: getattr(cfg, key) for arm in arms for key in arm}
+    spans: list[tuple] = []
+    refine = cotracker3.CoTracker3.refine
+
+    def timed_refine(self, *args, **kwargs):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        t = time.perf_counter()
+        out = refine(self, *args, **kwargs)
+        spans.append((start, end, time.perf_counter() - t))
+        end.record()
+        return out
+
+    def configure(arm: dict) -> None:
+        for key, value in {**defaults, **arm}.items():
+            setattr(cfg, key, value)
+
+    cotracker3.CoTracker3.refine = timed_refine
+    try:
+        first = []
+        for arm in arms:  # warm-up: each arm's shapes, kernels and autotuning
+            configure(arm)
+            first.append(run())
+        rows = [{"s": [], "refine_gpu_ms": [], "refine_cpu_ms": [], "peak_gib": []} for _ in arms]
+        for _ in range(rounds):
+            for arm, row in zip(arms, rows, strict=True):
+                configure(arm)
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+                spans.clear()
+                t = time.perf_counter()
+                run()
+                torch.cuda.synchronize()
+                row["s"].append(time.perf_counter() - t)
+                row["refine_gpu_ms"].append(sum(a.elapsed_time(b) for a, b, _ in spans))
+                row["refine_cpu_ms"].append(1e3 * sum(c for *_, c in spans))
+                row["peak_gib"].append((torch.cuda.max_memory_allocated() - base) / 2**30)
+    finally:
+        cotracker3.CoTracker3.refine = refine
+        configure({})
+    return {str(arm): {**{k: float(np.median(v)) for k, v in row.items()}, "runs": row["s"],
+                       "same_tracks_as_first_arm": bool(out.equals(first[0]))}
+            for arm, row, out in zip(arms, rows, first, strict=True)}
+
+
 def top_kernels(case: dict, precision: str, rows: int = 25, compile: bool = False) -> str:
     from torch.profiler import ProfilerActivity, profile
 
@@ -313,6 +372,10 @@ def main() -> int:
     p.add_argument("--frames", type=int, help="override the cases' frame count (shorter runs)")
     p.add_argument("--timeline", type=Path,
                    help="CPU and GPU time of each phase of one call; cProfile and trace here")
+    p.add_argument("--alternate", type=int, metavar="ROUNDS",
+                   help="compare config overrides in one process, taking turns call by call: "
+                        "--variants lists the arms, e.g. 'token_budget=65536,token_budget="
+                        "131072' (one arm may set several: 'a=1+b=2'; '' is the defaults)")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     if args.frames:
@@ -329,7 +392,18 @@ def main() -> int:
                             args.compile)
             print(text, flush=True)
             report[f"timeline-{case_name}"] = text
-    for case_name in args.case.split(",") if args.variants else []:
+    if args.alternate:
+        arms = [{k: int(v) for k, v in (x.split("=") for x in arm.split("+") if x)}
+                for arm in args.variants.split(",")]
+        for case_name in args.case.split(","):
+            r = alternate(CASES[case_name], args.precision, arms, args.alternate, args.compile)
+            report[f"alternate-{case_name}-{args.precision}"] = r
+            for arm, row in r.items():
+                print(case_name, arm, {k: round(v, 4) for k, v in row.items()
+                                       if isinstance(v, float)},
+                      "same tracks" if row["same_tracks_as_first_arm"] else "other tracks",
+                      flush=True)
+    for case_name in args.case.split(",") if args.variants and not args.alternate else []:
         case = CASES[case_name]
         for variant in args.variants.split(","):
             # e.g. "fused-eager" or "fused-graphs+token_budget=131072" (config overrides)
