@@ -213,6 +213,7 @@ class _CoTracker3Engine(Tracker):
     default_checkpoint = ""
     model_class: type = CoTracker3Offline
     gpu_encoder_chunk = 8  # frames per compiled encoder call (bf16 on GPU)
+    gpu_token_budget = 2**16  # tokens per transformer chunk (bf16/fp16 on GPU)
 
     def __init__(
         self,
@@ -313,15 +314,9 @@ class _CoTracker3Engine(Tracker):
                 # Fewer, larger correlation chunks: each costs the CPU as much to launch as a
                 # small one, and the volumes live only while the tokens are built.
                 self._model.cfg.corr_budget = 2**28
-                # Transformer chunks of 2^17 tokens: a 480p grid-50 call's blocks run in two
-                # chunks instead of four. Its refinement (H200, one process, arms alternating;
-                # benchmarks/NOTES.md session 21): GPU 135 -> 131 ms, CPU to queue it 97 -> 78
-                # ms (it runs eagerly, barely ahead of the GPU: a slower host stalls the GPU),
-                # peak 1.33 -> 1.65 GiB, tracks the same bit for bit. 2^18 gave 127 ms and 55
-                # ms for 2.02 GiB, past the 2 GiB this case is held to.
-                self._model.cfg.token_budget = 2**17
                 if dtype != torch.float32:
                     self._model.cfg.encoder_chunk = self.gpu_encoder_chunk
+                    self._model.cfg.token_budget = self.gpu_token_budget
             self.checkpoint = None  # the weights live in the model now
         return self._model
 
@@ -532,6 +527,13 @@ class CoTracker3OfflineTracker(_CoTracker3Engine):
     # The compiled encoder costs the CPU as much to launch as the GPU to run at 8 frames: 16
     # per call leave the GPU the slower side. (Online windows bring 8 new frames.)
     gpu_encoder_chunk = 16
+    # Transformer chunks of 2^17 tokens: a 480p grid-50 call's blocks run in two chunks
+    # instead of four. Its refinement (H200, one process, arms taking turns; benchmarks/NOTES.md
+    # session 21): GPU 135 -> 131 ms, CPU time to queue it 97 -> 78 ms (it runs eagerly, barely
+    # ahead of the GPU, so a slower host stalls the GPU), peak 1.33 -> 1.65 GiB, tracks the
+    # same bit for bit. 2^18: 127 ms and 55 ms for 2.02 GiB, past the 2 GiB this case is held
+    # to. (Online windows replay a CUDA graph: launches cost nothing there, so 2^16 stays.)
+    gpu_token_budget = 2**17
 
     def _visible(self, vis, conf):
         return vis > 0.9
