@@ -69,8 +69,10 @@ def measure(fn, repeats: int) -> dict:
     """Median seconds over ``repeats`` runs after a warm-up, and the peak memory of one run:
     ``peak_gib`` the tensors it allocated, ``reserved_gib`` all the device memory PyTorch held
     during it (weights, and what a tracker keeps between calls, such as the online model's
-    captured CUDA graph and its pool, included; the allocator's cache emptied first);
-    ``output`` is the warm-up run's result."""
+    captured CUDA graph and its pool, included; the allocator's cache emptied first),
+    ``graph_pool_gib`` the captured graphs' pools alone (`graph_pools`: ``peak_gib`` plus this
+    is what a call needs beyond the weights and what it was given); ``output`` is the
+    warm-up run's result."""
     output = fn()  # warm-up: kernels, allocator, autotuning
     torch.cuda.synchronize()
     times = []
@@ -88,7 +90,17 @@ def measure(fn, repeats: int) -> dict:
         peak = max(peak, torch.cuda.max_memory_allocated() - base)
         reserved = max(reserved, torch.cuda.max_memory_reserved())
     return {"seconds": float(np.median(times)), "peak_gib": peak / 2**30,
-            "reserved_gib": reserved / 2**30, "runs": times, "output": output}
+            "reserved_gib": reserved / 2**30, "graph_pool_gib": graph_pools() / 2**30,
+            "runs": times, "output": output}
+
+
+def graph_pools() -> int:
+    """Bytes of device memory in CUDA-graph pools (every allocator segment outside the default
+    pool): what a tracker keeps between calls for its captured graphs (the online model's
+    refinement), which ``peak_gib`` leaves out (a replay allocates nothing) and
+    ``reserved_gib`` counts together with the caching allocator's slack."""
+    return sum(segment["total_size"] for segment in torch.cuda.memory_snapshot()
+               if tuple(segment.get("segment_pool_id", (0, 0))) != (0, 0))
 
 
 def agreement(tracks, reference) -> dict:
@@ -355,6 +367,7 @@ def _row(row: dict) -> str:
         f"{row['case']:28} {row['impl']:22} {f(row.get('seconds'), '7.3f')} "
         f"{f(row.get('fps'), '7.1f')} {f(row.get('peak_gib'), '7.2f')} "
         f"{f(row.get('speedup'), '8.1f')} {f(row.get('memory_ratio'), '8.1f')}"
+        + (f" (+{row['graph_pool_gib']:.2f} GiB graph pool)" if row.get("graph_pool_gib") else "")
         + (f" {row['vs_fp32_median_px']:9.3f}/{row['vs_fp32_p95_px']:<10.3f}"
            f" {row['vs_fp32_visible_agree']:9.3f}" if "vs_fp32_median_px" in row else "")
     )
