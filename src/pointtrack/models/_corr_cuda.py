@@ -50,7 +50,7 @@ def shared_bytes(warps: int) -> int:
 SOURCE = r"""
 #define C 128
 #define ROW 2432
-#define STAGE 4864  // a volume row in bytes, staged for whole 16-byte stores
+#define STAGE (ROW * 2)  // a volume row in bytes, staged for whole 16-byte stores
 
 __device__ __forceinline__ unsigned smem_u32(const void* p) {
     return (unsigned)__cvta_generic_to_shared(p);
