@@ -6,7 +6,8 @@ online CUDA graph, config overrides), (2) with --profile the top kernels of one 
 --tune the correlation kernels (Triton and CUDA) per launch shape, with their errors, (4) with
 --timeline when the CPU queued and the GPU ran each phase of one call (plus a cProfile and a
 Chrome trace), (5) with --encoder the CNN alone, eager, with fused norms and compiled, (6) with
---alternate config overrides compared in one process, call by call. The
+--alternate config overrides compared in one process, call by call, (7) with --phases the
+CPU and GPU time of each phase of many calls in one process. The
 correctness of the GPU paths is checked by tests/test_gpu.py. Notes on each run go in
 benchmarks/NOTES.md.
 
@@ -16,6 +17,7 @@ benchmarks/NOTES.md.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import time
@@ -270,44 +272,10 @@ def timeline(case: dict, precision: str, out: Path | None = None, compile: bool 
     no syncs added): a phase whose GPU start follows its CPU start closely waited on the CPU.
     With ``out``, also a cProfile of the call (``out``.cprofile.txt) and a Chrome trace of
     it (``out``.trace.json.gz)."""
-    import cProfile
-    import gzip
-    import io
-    import pstats
-
     tracker, run = _tracker(case, precision, compile)
-    model = tracker.model
     run()
     torch.cuda.synchronize()
-    marks = []
-
-    def wrap(obj, name):
-        fn = getattr(obj, name)
-
-        def wrapper(*a, **k):
-            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            e0.record()
-            c0 = time.perf_counter()
-            result = fn(*a, **k)
-            e1.record()
-            marks.append((name, c0, time.perf_counter(), e0, e1))
-            return result
-        setattr(obj, name, wrapper)
-        return fn
-
-    names = [(tracker, "_frames_to_model"), (model, "encode"), (model, "query_features"),
-             (model, "iteration"), (model, "correlate"), (model.updateformer, "run"),
-             (tracker, "_numpy"), (tracker, "_to_tracks"), (model, "refine"), (model, "track")]
-    originals = [wrap(o, n) for o, n in names]
-    start = torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    start.record()
-    t0 = time.perf_counter()
-    run()
-    torch.cuda.synchronize()
-    total = time.perf_counter() - t0
-    for (o, n), fn in zip(names, originals, strict=True):
-        setattr(o, n, fn)
+    total, marks, start, t0 = _marked_call(tracker, run)
     lines = [f"{case['mode']} {case}: call {total * 1e3:.1f} ms",
              f"{'phase':18s} {'cpu start':>9s} {'cpu end':>9s} {'gpu start':>9s} {'gpu end':>9s}"]
     for name, c0, c1, e0, e1 in sorted(marks, key=lambda m: m[1]):
@@ -317,6 +285,11 @@ def timeline(case: dict, precision: str, out: Path | None = None, compile: bool 
             gpu = "(captured)"
         lines.append(f"{name:18s} {(c0 - t0) * 1e3:9.2f} {(c1 - t0) * 1e3:9.2f} {gpu}")
     if out is not None:
+        import cProfile
+        import gzip
+        import io
+        import pstats
+
         profiler = cProfile.Profile()
         profiler.enable()
         run()
@@ -339,6 +312,81 @@ def timeline(case: dict, precision: str, out: Path | None = None, compile: bool 
         trace.unlink()
         lines.append(gpu_busy(prof))
     return "\n".join(lines)
+
+
+PHASES = ("_encode", "_pyramid", "query_features", "refine", "_numpy", "_to_tracks")
+
+
+def phases(case: dict, precision: str, calls: int, compile: bool = False) -> list[dict]:
+    """``calls`` warm calls in one process, each split into phases: the CPU time each phase
+    took to queue (``cpu``) and the GPU time between its first and last queued work
+    (``gpu``, CUDA events), plus where the GPU started it, in ms from the call's start. A
+    phase whose time moves between calls while its GPU time stays shows the host moving."""
+    tracker, run = _tracker(case, precision, compile)
+    run()
+    torch.cuda.synchronize()
+    rows = []
+    for _ in range(calls):
+        gc.collect()  # as gpu.py's timed calls
+        torch.cuda.empty_cache()
+        total, marks, start, _ = _marked_call(tracker, run)
+        row = {"call_ms": total * 1e3}
+        for name, c0, c1, e0, e1 in marks:
+            if name not in PHASES:
+                continue
+            try:
+                cpu, gpu = (c1 - c0) * 1e3, e0.elapsed_time(e1)
+                at = start.elapsed_time(e0)
+            except RuntimeError:  # recorded while a CUDA graph was being captured
+                continue
+            entry = row.setdefault(name, {"cpu": 0.0, "gpu": 0.0, "gpu_at": at})
+            entry["cpu"] += cpu
+            entry["gpu"] += gpu
+        rows.append(row)
+        print(f"call {row['call_ms']:7.1f} ms  " + "  ".join(
+            f"{n.strip('_')} {row[n]['cpu']:.1f}/{row[n]['gpu']:.1f}@{row[n]['gpu_at']:.1f}"
+            for n in PHASES if n in row), flush=True)
+    return rows
+
+
+def _marked_call(tracker, run) -> tuple[float, list, torch.cuda.Event, float]:
+    """One call of ``run`` with the tracker's and model's phases marked: the call's seconds,
+    ``(name, cpu start, cpu end, gpu start event, gpu end event)`` per phase call, the
+    call's start event and its `perf_counter` start."""
+    model = tracker.model
+    marks = []
+
+    def wrap(obj, name):
+        fn = getattr(obj, name)
+
+        def wrapper(*a, **k):
+            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            e0.record()
+            c0 = time.perf_counter()
+            result = fn(*a, **k)
+            e1.record()
+            marks.append((name, c0, time.perf_counter(), e0, e1))
+            return result
+        setattr(obj, name, wrapper)
+        return fn
+
+    names = [(tracker, "_frames_to_model"), (model, "encode"), (model, "query_features"),
+             (model, "iteration"), (model, "correlate"), (model.updateformer, "run"),
+             (tracker, "_numpy"), (tracker, "_to_tracks"), (model, "refine"), (model, "track")]
+    names += [(tracker, n) for n in ("_encode", "_pyramid") if hasattr(tracker, n)]
+    for o, n in names:
+        wrap(o, n)
+    start = torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    t0 = time.perf_counter()
+    try:
+        run()
+        torch.cuda.synchronize()
+    finally:
+        for o, n in names:  # the instance attributes go: the class's methods show again
+            delattr(o, n)
+    return time.perf_counter() - t0, marks, start, t0
 
 
 def gpu_busy(prof) -> str:
@@ -372,6 +420,8 @@ def main() -> int:
     p.add_argument("--frames", type=int, help="override the cases' frame count (shorter runs)")
     p.add_argument("--timeline", type=Path,
                    help="CPU and GPU time of each phase of one call; cProfile and trace here")
+    p.add_argument("--phases", type=int, metavar="CALLS",
+                   help="CALLS calls in one process, each split into phases (CPU and GPU ms)")
     p.add_argument("--alternate", type=int, metavar="ROUNDS",
                    help="compare config overrides in one process, taking turns call by call: "
                         "--variants lists the arms, e.g. 'token_budget=65536,token_budget="
@@ -392,6 +442,10 @@ def main() -> int:
                             args.compile)
             print(text, flush=True)
             report[f"timeline-{case_name}"] = text
+    if args.phases:
+        for case_name in args.case.split(","):
+            report[f"phases-{case_name}-{args.precision}"] = phases(
+                CASES[case_name], args.precision, args.phases, args.compile)
     if args.alternate:
         arms = [{k: int(v) for k, v in (x.split("=") for x in arm.split("+") if x)}
                 for arm in args.variants.split(",")]
@@ -403,7 +457,8 @@ def main() -> int:
                                        if isinstance(v, float)},
                       "same tracks" if row["same_tracks_as_first_arm"] else "other tracks",
                       flush=True)
-    for case_name in args.case.split(",") if args.variants and not args.alternate else []:
+    breakdowns = args.variants and not (args.alternate or args.phases)
+    for case_name in args.case.split(",") if breakdowns else []:
         case = CASES[case_name]
         for variant in args.variants.split(","):
             # e.g. "fused-eager" or "fused-graphs+token_budget=131072" (config overrides)
