@@ -1,12 +1,7 @@
-"""The Triton kernels (correlation, add + norm, attention) run on CPU through Triton's
-interpreter, in fp32, against the PyTorch paths. CI has no GPU: this is where the kernels'
-indexing, masks and border handling are checked on every run; `tests/test_gpu.py` checks them
-compiled, in bf16, on a GPU.
-
-The interpreter must be switched on before Triton is first imported, so each check runs in a
-fresh interpreter process (``python tests/test_kernels_interpreted.py CHECK``) with
-``TRITON_INTERPRET=1``.
-"""
+"""The Triton kernels (correlation, add + norm, attention, token embedding) run on CPU
+through Triton's interpreter, in fp32, against the PyTorch paths. CI has no GPU: this is where
+the kernels' indexing, masks and border handling are checked on every run;
+`tests/test_gpu.py` checks them compiled, in bf16, on a GPU."""
 
 from __future__ import annotations
 
@@ -52,6 +47,10 @@ def test_add_norm_kernel_matches_pytorch():
 
 def test_norm_act_kernel_matches_pytorch():
     _run("norm_act")
+
+
+def test_embedding_kernel_matches_pytorch():
+    _run("embedding")
 
 
 # -- the checks, run in the child process -----------------------------------------------------
@@ -182,6 +181,38 @@ def check_add_norm() -> None:
     torch.testing.assert_close(norm_to, F.layer_norm(s, (C,), eps=1e-6), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(affine_to, F.layer_norm(s, (C,), weight, bias, eps=1e-5),
                                rtol=1e-4, atol=1e-4)
+
+
+def check_embedding() -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from pointtrack.models.cotracker3 import narrow_inputs
+    from pointtrack.models.embedding import BLOCK_M, embed_narrow
+
+    g = torch.Generator().manual_seed(0)
+    # Tokens over two videos, ragged against the kernel's blocks; one frame of each track
+    # has no previous and one no next frame.
+    B, N, T, C, F_ = 2, 7, 11, 384, 10
+    assert (B * N * T) % BLOCK_M
+    track = torch.rand(B, N, T, 2, generator=g) * torch.tensor([128.0, 96.0])
+    # The refinement's logits are views of other layouts: strided inputs.
+    vis = torch.randn(B, N, T, generator=g).transpose(1, 2)
+    conf = torch.randn(B, T, N, generator=g)
+    extent = torch.tensor([128.0, 96.0])
+    weight = torch.randn(C, 6 + 8 * F_, generator=g) / 10
+    time_bias = torch.randn(1, 1, T, C, generator=g)
+    out = embed_narrow(track, vis, conf, extent, weight, time_bias, F_)
+    _interpreted("_embedding_kernel", "_narrow_tokens_kernel")
+    ref = F.linear(narrow_inputs(track, vis, conf, extent, F_), weight) + time_bias
+    assert out.shape == (B, N, T, C)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    # A single frame: no motion at all.
+    one = embed_narrow(track[:, :, :1].contiguous(), vis[:, :1], conf[:, :1], extent, weight,
+                       time_bias[:, :, :1], F_)
+    ref = F.linear(narrow_inputs(track[:, :, :1], vis[:, :1], conf[:, :1], extent, F_),
+                   weight) + time_bias[:, :, :1]
+    torch.testing.assert_close(one, ref, rtol=1e-4, atol=1e-4)
 
 
 if __name__ == "__main__":

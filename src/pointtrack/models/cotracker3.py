@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from . import attention, corr_triton, norm_act
+from . import attention, corr_triton, embedding, norm_act
 from .add_norm import add_norm
 
 
@@ -250,6 +250,22 @@ def motion_encoding(delta: Tensor, num_freqs: int) -> Tensor:
     freqs = 2.0 ** torch.arange(num_freqs, device=delta.device, dtype=delta.dtype)
     x = (delta[..., None, :] * freqs[:, None]).flatten(-2)  # frequency-major
     return torch.cat([delta, torch.sin(torch.cat([x, x + 0.5 * math.pi], dim=-1))], dim=-1)
+
+
+def narrow_inputs(track: Tensor, vis: Tensor, conf: Tensor, extent: Tensor,
+                  num_freqs: int) -> Tensor:
+    """The token embedding's narrow inputs ``(B, N, T, 2 + 4 + 8 * num_freqs)``: visibility
+    and confidence logits ``(B, T, N)``, then the `motion_encoding` of the motion to the next
+    and from the previous frame (zero at the ends) of ``track (B, N, T, 2)``, as a fraction
+    of the feature map ``extent (2,)``. Built track-major, as the tokens are: a product with
+    a transposed input runs as a batched GEMM, on GPUs a slow one (2.0 ms against 0.41 ms for
+    an online window of 40,000 points on an H200). `embedding.embed_narrow` fuses this with
+    the product on GPUs."""
+    to_next = F.pad(track[:, :, :-1] - track[:, :, 1:], (0, 0, 0, 1))
+    from_prev = F.pad(track[:, :, 1:] - track[:, :, :-1], (0, 0, 1, 0))
+    motion = torch.cat([to_next / extent, from_prev / extent], dim=-1)
+    return torch.cat([vis.transpose(1, 2)[..., None], conf.transpose(1, 2)[..., None],
+                      motion_encoding(motion, num_freqs)], -1)
 
 
 def sincos_embedding(dim: int, positions: Tensor) -> Tensor:
@@ -698,20 +714,16 @@ class CoTracker3(nn.Module):
         else:  # bounded by the gathered patches
             chunk = max(1, self.cfg.corr_budget // (B * T * P2 * C))
         dtype = embed.corr.dtype
-        # The narrow inputs are built track-major, as the tokens are: a product with a
-        # transposed input runs as a batched GEMM, on GPUs a slow one (2.1 ms a call for an
-        # online window of 40,000 points on an H200, against ~0.2 ms).
         track = coords.transpose(1, 2).contiguous()  # B N T 2
-        # Motion to the next and from the previous frame, as a fraction of the frame.
-        to_next = F.pad(track[:, :, :-1] - track[:, :, 1:], (0, 0, 0, 1))
-        from_prev = F.pad(track[:, :, 1:] - track[:, :, :-1], (0, 0, 1, 0))
-        motion = torch.cat([to_next / embed.extent, from_prev / embed.extent], dim=-1)
         # The input layer is linear: its narrow inputs (visibility, confidence, motion) and
         # the time embedding go in for all points at once, then the correlations of each
         # chunk of points are added, so the wide (1110) input never exists whole.
-        small = torch.cat([vis.transpose(1, 2)[..., None], conf.transpose(1, 2)[..., None],
-                           motion_encoding(motion, self.cfg.num_freqs)], -1)  # B N T 86
-        tokens = F.linear(small.to(dtype), embed.small) + embed.time_bias  # B N T C
+        if embedding.available(embed.small):  # one kernel on GPU
+            tokens = embedding.embed_narrow(track, vis, conf, embed.extent, embed.small,
+                                            embed.time_bias, self.cfg.num_freqs)
+        else:
+            small = narrow_inputs(track, vis, conf, embed.extent, self.cfg.num_freqs)
+            tokens = F.linear(small.to(dtype), embed.small) + embed.time_bias  # B N T C
         for n0 in range(0, N, chunk):
             part = slice(n0, n0 + chunk)
             hidden = self.correlate(pyramid, track[:, part], [s[:, part] for s in support],
