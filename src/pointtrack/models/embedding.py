@@ -24,12 +24,13 @@ from . import corr_triton
 
 BLOCK_M = 64  # tokens per program
 BLOCK_C = 128  # output channels per product
+ENABLED = os.environ.get("POINTTRACK_FUSED_EMBEDDING", "1") != "0"  # =0: the PyTorch ops
 
 
 def available(weight: Tensor) -> bool:
     """Whether `embed_narrow` runs for a model whose weights are like ``weight``: CUDA with
     Triton, reduced precision."""
-    return corr_triton.available(weight) and weight.dtype != torch.float32
+    return ENABLED and corr_triton.available(weight) and weight.dtype != torch.float32
 
 
 def embed_narrow(track: Tensor, vis: Tensor, conf: Tensor, extent: Tensor, weight: Tensor,
