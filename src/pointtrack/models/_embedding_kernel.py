@@ -5,7 +5,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-HALF_PI = 1.5707963267948966
+HALF_PI = tl.constexpr(1.5707963267948966)
 
 
 # Token and frame counts change with every video: not specialised (see `_add_norm_kernel`).
@@ -33,8 +33,9 @@ def _narrow_tokens_kernel(
     ny = tl.where(has_next, tl.load(track_ptr + 2 * rows + 3, mask=has_next, other=0.0), y)
     px = tl.where(has_prev, tl.load(track_ptr + 2 * rows - 2, mask=has_prev, other=0.0), x)
     py = tl.where(has_prev, tl.load(track_ptr + 2 * rows - 1, mask=has_prev, other=0.0), y)
-    d0, d1 = ((x - nx) / ex)[:, None], ((y - ny) / ey)[:, None]
-    d2, d3 = ((x - px) / ex)[:, None], ((y - py) / ey)[:, None]
+    # IEEE division, as PyTorch's (Triton's `/` is a 2-ulp approximation).
+    d0, d1 = tl.div_rn(x - nx, ex)[:, None], tl.div_rn(y - ny, ey)[:, None]
+    d2, d3 = tl.div_rn(x - px, ex)[:, None], tl.div_rn(y - py, ey)[:, None]
     vis = tl.load(vis_ptr + b * svb + t * svt + n * svn, mask=valid, other=0.0)[:, None]
     conf = tl.load(conf_ptr + b * scb + t * sct + n * scn, mask=valid, other=0.0)[:, None]
     # Input column k: 0 visibility, 1 confidence, 2-5 the motion, then sin(motion * 2^f) for
