@@ -493,3 +493,21 @@ def test_embedding_kernel_is_as_close_to_float64_as_the_pytorch_path():
              for k, v in (("eager", eager), ("fused", fused))}
     assert error["fused"] <= 1.05 * error["eager"], error
     assert (fused.double() - eager.double()).abs().max() <= 2 * 2**-8 * reference.abs().max()
+
+
+@pytest.mark.parametrize("name,cls", [("cotracker3-offline", CoTracker3Offline),
+                                      ("cotracker3-online", CoTracker3Online)])
+def test_fused_embedding_tracks_match_the_pytorch_ops_bf16(name, cls):
+    """`fused_embedding` (off by default until timed) changes a bf16 call's tracks by no
+    more than bf16 rounding does: the same video through two trackers, the option off and
+    on (each its own model: the online model replays the refinement it captured)."""
+    weights = _weights(cls)
+    video = _video()
+    plain = load_tracker(name, checkpoint=weights, device="cuda", precision="bf16")
+    fused = load_tracker(name, checkpoint=weights, device="cuda", precision="bf16")
+    assert not plain.model.cfg.fused_embedding
+    fused.model.cfg.fused_embedding = True
+    a, b = plain.track(video, grid_size=6), fused.track(video, grid_size=6)
+    assert not np.array_equal(a.xy, b.xy)  # the kernel ran (its sums round differently)
+    assert np.median(np.linalg.norm(a.xy - b.xy, axis=-1)) < 0.5
+    assert (a.visible == b.visible).mean() > 0.97

@@ -73,6 +73,10 @@ class CoTracker3Config:
     # copies each and the resizes run 9x faster (encoder -20% on 2 cores). Not fp32: see
     # `instance_norm`.
     cpu_channels_last: bool = True
+    # On GPU in bf16/fp16: the token embedding's narrow inputs, their product and the time
+    # bias in one kernel (`embedding`) instead of ~12 passes. Off: written and checked in
+    # Triton's interpreter and compiled for sm_90 here, not yet run or timed on a GPU.
+    fused_embedding: bool = False
 
     @property
     def patch(self) -> int:
@@ -718,7 +722,7 @@ class CoTracker3(nn.Module):
         # The input layer is linear: its narrow inputs (visibility, confidence, motion) and
         # the time embedding go in for all points at once, then the correlations of each
         # chunk of points are added, so the wide (1110) input never exists whole.
-        if embedding.available(embed.small):  # one kernel on GPU
+        if self.cfg.fused_embedding and embedding.available(embed.small):  # one GPU kernel
             tokens = embedding.embed_narrow(track, vis, conf, embed.extent, embed.small,
                                             embed.time_bias, self.cfg.num_freqs)
         else:

@@ -6,11 +6,13 @@ through the input layer's matching columns, plus a per-frame bias (the time embe
 PyTorch that is ten passes over ``tokens x 86`` floats (differences, divisions, products,
 sines, concatenations, a cast) before the product and one more pass over the tokens for the
 bias. `embed_narrow` computes the 86 values in registers, multiplies them with the weight
-(`tl.dot`, fp32 sums) and adds the bias in the same kernel: one write of the tokens. Used on
-CUDA with Triton in bf16/fp16 (`_embedding_kernel`, imported on first use); fp32 keeps the
-PyTorch path (`CoTracker3.iteration`), the parity path. The sines are libdevice's, as
-PyTorch's; the sums of the product run in another order, and the bias is added before the
-one rounding instead of after (within a rounding of the PyTorch path).
+(`tl.dot`, fp32 sums) and adds the bias in the same kernel: one write of the tokens.
+
+It runs on CUDA with Triton in bf16/fp16 (`_embedding_kernel`, imported on first use) where
+the model's config asks for it (`CoTracker3Config.fused_embedding`: off until measured on a
+GPU); fp32 keeps the PyTorch path (`narrow_inputs`), the parity path. The sines are
+libdevice's and the divisions IEEE, as PyTorch's; the product's sums run in another order,
+and the bias is added before the one rounding instead of after.
 """
 
 from __future__ import annotations
@@ -24,13 +26,12 @@ from . import corr_triton
 
 BLOCK_M = 64  # tokens per program
 BLOCK_C = 128  # output channels per product
-ENABLED = os.environ.get("POINTTRACK_FUSED_EMBEDDING", "1") != "0"  # =0: the PyTorch ops
 
 
 def available(weight: Tensor) -> bool:
     """Whether `embed_narrow` runs for a model whose weights are like ``weight``: CUDA with
     Triton, reduced precision."""
-    return ENABLED and corr_triton.available(weight) and weight.dtype != torch.float32
+    return corr_triton.available(weight) and weight.dtype != torch.float32
 
 
 def embed_narrow(track: Tensor, vis: Tensor, conf: Tensor, extent: Tensor, weight: Tensor,
