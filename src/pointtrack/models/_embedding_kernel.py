@@ -3,7 +3,6 @@ load Triton)."""
 
 import triton
 import triton.language as tl
-from triton.language.extra import libdevice
 
 HALF_PI = tl.constexpr(1.5707963267948966)
 
@@ -15,7 +14,6 @@ def _narrow_tokens_kernel(
     M, N, T, svb, svt, svn, scb, sct, scn,
     C: tl.constexpr, K: tl.constexpr, FREQS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
-    LIBDEVICE: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # tokens (b, n, t)
     valid = rows < M
@@ -48,13 +46,9 @@ def _narrow_tokens_kernel(
     delta = tl.where(d == 0, d0, tl.where(d == 1, d1, tl.where(d == 2, d2, d3)))
     angle = delta * scale
     angle = tl.where(k >= 6 + 4 * FREQS, angle + HALF_PI, angle)
-    # libdevice's sine is CUDA's sinf, as PyTorch's (`tl.sin` may lower to an approximation,
-    # poor at the angles of the high frequencies); Triton's interpreter has no libdevice.
-    if LIBDEVICE:
-        sine = libdevice.sin(angle)
-    else:
-        sine = tl.sin(angle)
-    features = tl.where(k >= 6, sine, delta)
+    # `tl.sin` is libdevice's sinf, as PyTorch's sine (not `sin.approx`, poor at the high
+    # frequencies' angles: tests/test_kernels_compile.py checks the PTX).
+    features = tl.where(k >= 6, tl.sin(angle), delta)
     features = tl.where(k == 0, vis, tl.where(k == 1, conf, features))
     features = tl.where(valid[:, None] & (k < K), features, 0.0).to(w_ptr.dtype.element_ty)
     # The input layer's narrow columns ((C, K) weight) and the per-frame bias (T, C).

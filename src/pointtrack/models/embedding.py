@@ -10,14 +10,12 @@ bias. `embed_narrow` computes the 86 values in registers, multiplies them with t
 
 It runs on CUDA with Triton in bf16/fp16 (`_embedding_kernel`, imported on first use) where
 the model's config asks for it (`CoTracker3Config.fused_embedding`: off until measured on a
-GPU); fp32 keeps the PyTorch path (`narrow_inputs`), the parity path. The sines are
-libdevice's and the divisions IEEE, as PyTorch's; the product's sums run in another order,
+GPU); fp32 keeps the PyTorch path (`narrow_inputs`), the parity path. The sines (libdevice's)
+and divisions (IEEE) are PyTorch's; the product's sums run in another order,
 and the bias is added before the one rounding instead of after.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 from torch import Tensor
@@ -58,7 +56,6 @@ def embed_narrow(track: Tensor, vis: Tensor, conf: Tensor, extent: Tensor, weigh
         track, vis, conf, extent.float(), weight, time_bias, out,
         M, N, T, *vis.stride(), *conf.stride(),
         C=C, K=K, FREQS=num_freqs, BLOCK_M=BLOCK_M, BLOCK_K=128, BLOCK_C=BLOCK_C,
-        LIBDEVICE=os.environ.get("TRITON_INTERPRET", "0") != "1",
         num_warps=4,
     )
     return out
