@@ -375,7 +375,6 @@ def _marked_call(tracker, run) -> tuple[float, list, torch.cuda.Event, float]:
             marks.append((name, c0, time.perf_counter(), e0, e1))
             return result
         setattr(obj, name, wrapper)
-        return fn
 
     names = [(tracker, "_frames_to_model"), (model, "encode"), (model, "query_features"),
              (model, "iteration"), (model, "correlate"), (model.updateformer, "run"),

@@ -466,7 +466,6 @@ def test_exact_gelu_mlp_takes_the_epilogue_within_bf16_rounding(monkeypatch):
     assert error["fused"] <= 1.1 * error["exact"], error
 
 
-
 def test_embedding_kernel_is_as_close_to_float64_as_the_pytorch_path():
     """The fused token embedding (narrow inputs, product and per-frame bias in one kernel) on
     an online grid-50 window's shape in bf16: no further from a float64 reference than the

@@ -1,7 +1,12 @@
 """The Triton kernels (correlation, add + norm, attention, token embedding) run on CPU
 through Triton's interpreter, in fp32, against the PyTorch paths. CI has no GPU: this is where
 the kernels' indexing, masks and border handling are checked on every run;
-`tests/test_gpu.py` checks them compiled, in bf16, on a GPU."""
+`tests/test_gpu.py` checks them compiled, in bf16, on a GPU.
+
+The interpreter must be switched on before Triton is first imported, so each check runs in a
+fresh interpreter process (``python tests/test_kernels_interpreted.py CHECK``) with
+``TRITON_INTERPRET=1``.
+"""
 
 from __future__ import annotations
 
