@@ -186,11 +186,22 @@ def alternate(case: dict, precision: str, arms: list[dict], rounds: int,
     arms meet the same conditions. Per arm: medians of the call, of the refinement's GPU time
     (CUDA events) and of the CPU time to queue it, the peak allocations, and whether its
     tracks equal the first arm's."""
+    import importlib
+
     from pointtrack.models import cotracker3
 
     tracker, run = _tracker(case, precision, compile)
     cfg = tracker.model.cfg
-    defaults = {key: getattr(cfg, key) for arm in arms for key in arm}
+
+    def owner(key: str) -> tuple[object, str]:
+        """'token_budget' is the model's config; 'attention.MANY_KEYS' a switch of the module
+        `pointtrack.models.attention`."""
+        if "." not in key:
+            return cfg, key
+        module, name = key.rsplit(".", 1)
+        return importlib.import_module(f"pointtrack.models.{module}"), name
+
+    defaults = {key: getattr(*owner(key)) for arm in arms for key in arm}
     spans: list[tuple] = []
     refine = cotracker3.CoTracker3.refine
 
@@ -210,7 +221,7 @@ def alternate(case: dict, precision: str, arms: list[dict], rounds: int,
 
     def configure(i: int) -> None:
         for key, value in {**defaults, **arms[i]}.items():
-            setattr(cfg, key, value)
+            setattr(*owner(key), value)
         tracker.model.__dict__["_captures"] = captures[i]
 
     cotracker3.CoTracker3.refine = timed_refine
@@ -237,7 +248,7 @@ def alternate(case: dict, precision: str, arms: list[dict], rounds: int,
     finally:
         cotracker3.CoTracker3.refine = refine
         for key, value in defaults.items():
-            setattr(cfg, key, value)
+            setattr(*owner(key), value)
     return {str(arm): {**{k: float(np.median(v)) for k, v in row.items()}, "runs": row["s"],
                        "same_tracks_as_first_arm": bool(out.equals(first[0]))}
             for arm, row, out in zip(arms, rows, first, strict=True)}
@@ -431,7 +442,8 @@ def main() -> int:
     p.add_argument("--alternate", type=int, metavar="ROUNDS",
                    help="compare config overrides in one process, taking turns call by call: "
                         "--variants lists the arms, e.g. 'token_budget=65536,token_budget="
-                        "131072' (one arm may set several: 'a=1+b=2'; '' is the defaults)")
+                        "131072' (one arm may set several: 'a=1+b=2'; '' is the defaults; "
+                        "'attention.MANY_KEYS=0' sets a switch of a pointtrack.models module)")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     if args.frames:

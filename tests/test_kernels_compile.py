@@ -3,8 +3,7 @@ Triton's front end, its GPU passes and ptxas (bundled with Triton) without a GPU
 GPU and Triton's interpreter (`test_kernels_interpreted.py`) runs kernels as Python, so it
 never applies the front end's rules (a session's kernel read a plain module-level float,
 which compiles nowhere: every bf16 GPU test failed on the device). Also checks the PTX for
-what the kernels rely on: tensor-core products, and an accurate sine and IEEE division where
-they must match PyTorch's.
+what the kernels rely on: tensor-core products.
 """
 
 from __future__ import annotations
@@ -48,18 +47,6 @@ def _ints(*names: str) -> dict:
     return dict.fromkeys(names, "i32")
 
 
-def test_embedding_kernel_compiles_with_an_accurate_sine():
-    ptx = _compile(
-        "_embedding_kernel", "_narrow_tokens_kernel",
-        {**_pointers("track_ptr", "vis_ptr", "conf_ptr", "extent_ptr", dtype="fp32"),
-         **_pointers("w_ptr", "bias_ptr", "out_ptr"),
-         **_ints("M", "N", "T", "svb", "svt", "svn", "scb", "sct", "scn")},
-        {"C": 384, "K": 86, "FREQS": 10, "BLOCK_M": 64, "BLOCK_K": 128, "BLOCK_C": 128})
-    assert "wgmma" in ptx  # the product on tensor cores
-    assert "sin.approx" not in ptx  # libdevice's sinf, as PyTorch's
-    assert "div.rn.f32" in ptx and "div.full" not in ptx  # IEEE division, as PyTorch's
-
-
 @pytest.mark.parametrize("has_y,affine", [(True, False), (False, True)])
 def test_add_norm_kernel_compiles(has_y, affine):
     ptx = _compile(
@@ -90,6 +77,25 @@ def test_few_keys_attention_kernel_compiles():
                  "stride_kv", "stride_ob", "stride_out"), "scale": "fp32"},
         {"HEADS": 8, "HEAD_DIM": 48, "BLOCK_D": 64, "BLOCK_Q": 128, "KP": 64}, num_warps=8)
     assert "wgmma" in ptx or "mma.sync" in ptx
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_many_keys_attention_kernels_compile(split):
+    ptx = _compile(
+        "_attention_kernel", "_many_keys_attention_kernel",
+        {**_pointers("q_ptr", "kv_ptr", "out_ptr"), **_pointers("acc_ptr", "stat_ptr",
+                                                                dtype="fp32"),
+         **_ints("num_queries", "num_keys", "keys_per_split", "stride_qb", "stride_q",
+                 "stride_kvb", "stride_kv", "stride_ob", "stride_out"), "scale": "fp32"},
+        {"HEADS": 8, "HEAD_DIM": 48, "BLOCK_D": 64, "BLOCK_Q": 64, "BLOCK_K": 64,
+         "SPLIT": split})
+    assert "wgmma" in ptx or "mma.sync" in ptx
+    ptx = _compile(
+        "_attention_kernel", "_merge_splits_kernel",
+        {**_pointers("out_ptr"), **_pointers("acc_ptr", "stat_ptr", dtype="fp32"),
+         **_ints("num_queries", "num_splits", "stride_ob", "stride_out")},
+        {"HEADS": 8, "HEAD_DIM": 48, "BLOCK_D": 64, "BLOCK_Q": 64})
+    assert "st.global" in ptx
 
 
 def test_correlation_kernel_compiles():

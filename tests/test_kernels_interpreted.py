@@ -1,4 +1,4 @@
-"""The Triton kernels (correlation, add + norm, attention, token embedding) run on CPU
+"""The Triton kernels (correlation, add + norm, attention, norms) run on CPU
 through Triton's interpreter, in fp32, against the PyTorch paths. CI has no GPU: this is where
 the kernels' indexing, masks and border handling are checked on every run;
 `tests/test_gpu.py` checks them compiled, in bf16, on a GPU.
@@ -46,16 +46,17 @@ def test_few_keys_attention_kernel_matches_sdpa(M):
     _run("few_keys_attention", str(M))
 
 
+@pytest.mark.parametrize("splits", [1, 3])
+def test_many_keys_attention_kernel_matches_sdpa(splits):
+    _run("many_keys_attention", str(splits))
+
+
 def test_add_norm_kernel_matches_pytorch():
     _run("add_norm")
 
 
 def test_norm_act_kernel_matches_pytorch():
     _run("norm_act")
-
-
-def test_embedding_kernel_matches_pytorch():
-    _run("embedding")
 
 
 # -- the checks, run in the child process -----------------------------------------------------
@@ -165,6 +166,37 @@ def check_few_keys_attention(M: str) -> None:
         raise AssertionError("129 keys were accepted")
 
 
+def check_many_keys_attention(splits: str) -> None:
+    import torch
+
+    from pointtrack.models import attention
+
+    g = torch.Generator().manual_seed(int(splits))
+    # 64 virtual tracks over a ragged number of points: the last key block (and with three
+    # splits the last split) is partly past the keys.
+    B, N, M = 3, 64, 333
+    q = torch.randn(B, N, 384, generator=g)
+    kv = torch.randn(B, M, 768, generator=g) * 2  # peaked softmax: rescaling must be exact
+    assert attention.many_keys_available(q, kv) is False  # fp32 keeps SDPA in the model
+    out = attention.many_keys_attention(q, kv, 8, 48, splits=int(splits))
+    _interpreted("_attention_kernel", "_many_keys_attention_kernel")
+    torch.testing.assert_close(out, _sdpa(q, kv), rtol=1e-4, atol=1e-4)
+    # Fewer queries than a tile; strided inputs (views of wider rows).
+    wide = torch.randn(B, 10, 500, generator=g)
+    out = attention.many_keys_attention(wide[..., :384], kv, 8, 48, splits=int(splits))
+    torch.testing.assert_close(out, _sdpa(wide[..., :384].contiguous(), kv), rtol=1e-4,
+                               atol=1e-4)
+    attention.MAX_GRID_Y = 1  # a launch per group, past the grid's limit on its third axis
+    assert torch.equal(attention.many_keys_attention(wide[..., :384], kv, 8, 48,
+                                                     splits=int(splits)), out)
+    try:
+        attention.many_keys_attention(torch.randn(B, 129, 384), kv, 8, 48)
+    except ValueError as e:
+        assert "many_keys_attention takes" in str(e)
+    else:
+        raise AssertionError("129 queries were accepted")
+
+
 def check_add_norm() -> None:
     import torch
     import torch.nn.functional as F
@@ -186,38 +218,6 @@ def check_add_norm() -> None:
     torch.testing.assert_close(norm_to, F.layer_norm(s, (C,), eps=1e-6), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(affine_to, F.layer_norm(s, (C,), weight, bias, eps=1e-5),
                                rtol=1e-4, atol=1e-4)
-
-
-def check_embedding() -> None:
-    import torch
-    import torch.nn.functional as F
-
-    from pointtrack.models.cotracker3 import narrow_inputs
-    from pointtrack.models.embedding import BLOCK_M, embed_narrow
-
-    g = torch.Generator().manual_seed(0)
-    # Tokens over two videos, ragged against the kernel's blocks; one frame of each track
-    # has no previous and one no next frame.
-    B, N, T, C, F_ = 2, 7, 11, 384, 10
-    assert (B * N * T) % BLOCK_M
-    track = torch.rand(B, N, T, 2, generator=g) * torch.tensor([128.0, 96.0])
-    # The refinement's logits are views of other layouts: strided inputs.
-    vis = torch.randn(B, N, T, generator=g).transpose(1, 2)
-    conf = torch.randn(B, T, N, generator=g)
-    extent = torch.tensor([128.0, 96.0])
-    weight = torch.randn(C, 6 + 8 * F_, generator=g) / 10
-    time_bias = torch.randn(1, 1, T, C, generator=g)
-    out = embed_narrow(track, vis, conf, extent, weight, time_bias, F_)
-    _interpreted("_embedding_kernel", "_narrow_tokens_kernel")
-    ref = F.linear(narrow_inputs(track, vis, conf, extent, F_), weight) + time_bias
-    assert out.shape == (B, N, T, C)
-    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
-    # A single frame: no motion at all.
-    one = embed_narrow(track[:, :, :1].contiguous(), vis[:, :1], conf[:, :1], extent, weight,
-                       time_bias[:, :, :1], F_)
-    ref = F.linear(narrow_inputs(track[:, :, :1], vis[:, :1], conf[:, :1], extent, F_),
-                   weight) + time_bias[:, :, :1]
-    torch.testing.assert_close(one, ref, rtol=1e-4, atol=1e-4)
 
 
 if __name__ == "__main__":

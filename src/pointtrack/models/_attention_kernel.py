@@ -72,3 +72,83 @@ def _few_keys_attention_kernel(
     out = tl.dot(p.to(v.dtype), v) / tl.sum(p, axis=1)[:, None]
     tl.store(out_ptr + group * stride_ob + rows[:, None] * stride_out + cols,
              out.to(out_ptr.dtype.element_ty), mask=qmask)
+
+
+# Key counts change with the number of tracks: one compiled variant for all.
+@triton.jit(do_not_specialize=["num_queries", "num_keys", "keys_per_split", "stride_qb",
+                               "stride_kvb", "stride_ob"])
+def _many_keys_attention_kernel(
+    q_ptr, kv_ptr, out_ptr, acc_ptr, stat_ptr,
+    num_queries, num_keys, keys_per_split,
+    stride_qb, stride_q, stride_kvb, stride_kv, stride_ob, stride_out, scale,
+    HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr,
+):
+    # A few queries (the virtual tracks: all in one tile) over many keys: a flash loop over
+    # one split of the keys. With SPLIT the unnormalised sums and the softmax statistics go
+    # to scratch for `_merge_splits_kernel`, so short groups still fill the GPU.
+    head = tl.program_id(0)
+    split = tl.program_id(1)
+    group = tl.program_id(2).to(tl.int64)
+    rows = tl.arange(0, BLOCK_Q)
+    d = tl.arange(0, BLOCK_D)
+    cols = head * HEAD_DIM + d[None, :]
+    dmask = (d < HEAD_DIM)[None, :]
+    qmask = (rows < num_queries)[:, None] & dmask
+    q = tl.load(q_ptr + group * stride_qb + rows[:, None] * stride_q + cols, mask=qmask, other=0.0)
+    start = split * keys_per_split
+    end = tl.minimum(start + keys_per_split, num_keys)
+    m = tl.full([BLOCK_Q], float("-inf"), tl.float32)
+    den = tl.zeros([BLOCK_Q], tl.float32)
+    acc = tl.zeros([BLOCK_Q, BLOCK_D], tl.float32)
+    kv_group = kv_ptr + group * stride_kvb
+    for k0 in range(start, end, BLOCK_K):
+        keys = k0 + tl.arange(0, BLOCK_K)
+        live = keys < end
+        kv = kv_group + keys[:, None].to(tl.int64) * stride_kv + cols
+        k = tl.load(kv, mask=live[:, None] & dmask, other=0.0)
+        v = tl.load(kv + HEADS * HEAD_DIM, mask=live[:, None] & dmask, other=0.0)
+        s = tl.dot(q, tl.trans(k)) * (scale * 1.4426950408889634)  # log2 units for exp2
+        s = tl.where(live[None, :], s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, axis=1))  # every block has a live key: finite
+        alpha = tl.exp2(m - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        den = den * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m = m_new
+    if SPLIT:
+        # Scratch (groups, heads, splits, BLOCK_Q, BLOCK_D) and (..., BLOCK_Q, 2), contiguous.
+        part = ((group * HEADS + head) * tl.num_programs(1) + split) * BLOCK_Q + rows
+        tl.store(acc_ptr + part[:, None] * BLOCK_D + d[None, :], acc)
+        tl.store(stat_ptr + part * 2, m)
+        tl.store(stat_ptr + part * 2 + 1, den)
+    else:
+        tl.store(out_ptr + group * stride_ob + rows[:, None] * stride_out + cols,
+                 (acc / den[:, None]).to(out_ptr.dtype.element_ty), mask=qmask)
+
+
+@triton.jit(do_not_specialize=["num_queries", "num_splits", "stride_ob"])
+def _merge_splits_kernel(
+    out_ptr, acc_ptr, stat_ptr, num_queries, num_splits, stride_ob, stride_out,
+    HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr,
+):
+    # The splits' partial softmax sums rescaled to one maximum: exact, as one long loop.
+    head = tl.program_id(0)
+    group = tl.program_id(1).to(tl.int64)
+    rows = tl.arange(0, BLOCK_Q)
+    d = tl.arange(0, BLOCK_D)
+    m = tl.full([BLOCK_Q], float("-inf"), tl.float32)
+    den = tl.zeros([BLOCK_Q], tl.float32)
+    acc = tl.zeros([BLOCK_Q, BLOCK_D], tl.float32)
+    for split in range(0, num_splits):
+        part = ((group * HEADS + head) * num_splits + split) * BLOCK_Q + rows
+        m_s = tl.load(stat_ptr + part * 2)
+        m_new = tl.maximum(m, m_s)
+        alpha, beta = tl.exp2(m - m_new), tl.exp2(m_s - m_new)
+        den = den * alpha + tl.load(stat_ptr + part * 2 + 1) * beta
+        acc = acc * alpha[:, None] + tl.load(acc_ptr + part[:, None] * BLOCK_D + d[None, :]) \
+            * beta[:, None]
+        m = m_new
+    mask = (rows < num_queries)[:, None] & (d < HEAD_DIM)[None, :]
+    tl.store(out_ptr + group * stride_ob + rows[:, None] * stride_out + head * HEAD_DIM
+             + d[None, :], (acc / den[:, None]).to(out_ptr.dtype.element_ty), mask=mask)

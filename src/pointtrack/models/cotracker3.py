@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from . import attention, corr_triton, embedding, norm_act
+from . import attention, corr_triton, norm_act
 from .add_norm import add_norm
 
 
@@ -73,10 +73,9 @@ class CoTracker3Config:
     # copies each and the resizes run 9x faster (encoder -20% on 2 cores). Not fp32: see
     # `instance_norm`.
     cpu_channels_last: bool = True
-    # On GPU in bf16/fp16: the token embedding's narrow inputs, their product and the time
-    # bias in one kernel (`embedding`) instead of ~12 passes. Off: written and checked in
-    # Triton's interpreter and compiled for sm_90 here, not yet run or timed on a GPU.
-    fused_embedding: bool = False
+    # With the compiled CNN: a last chunk of at most this many frames runs eagerly instead of
+    # padded to the compiled shape (82 frames in chunks of 16 computed 96: 2% of a 480p call).
+    eager_encoder_tail: int = 4
 
     @property
     def patch(self) -> int:
@@ -263,8 +262,7 @@ def narrow_inputs(track: Tensor, vis: Tensor, conf: Tensor, extent: Tensor,
     and from the previous frame (zero at the ends) of ``track (B, N, T, 2)``, as a fraction
     of the feature map ``extent (2,)``. Built track-major, as the tokens are: a product with
     a transposed input runs as a batched GEMM, on GPUs a slow one (2.0 ms against 0.41 ms for
-    an online window of 40,000 points on an H200). `embedding.embed_narrow` fuses this with
-    the product on GPUs."""
+    an online window of 40,000 points on an H200)."""
     to_next = F.pad(track[:, :, :-1] - track[:, :, 1:], (0, 0, 0, 1))
     from_prev = F.pad(track[:, :, 1:] - track[:, :, :-1], (0, 0, 1, 0))
     motion = torch.cat([to_next / extent, from_prev / extent], dim=-1)
@@ -356,6 +354,10 @@ class Attention(nn.Module):
             # The points reading the virtual tracks: all keys fit one tile.
             return self.to_out(attention.few_keys_attention(q, kv, self.num_heads,
                                                             self.head_dim))
+        if context is not None and attention.many_keys_available(q, kv):
+            # The virtual tracks reading every point: the keys split over programs.
+            return self.to_out(attention.many_keys_attention(q, kv, self.num_heads,
+                                                             self.head_dim))
 
         def heads(t: Tensor) -> Tensor:
             return t.reshape(B, t.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
@@ -553,8 +555,8 @@ class CoTracker3(nn.Module):
                 if not x.is_cuda and x.dtype != torch.float32:  # see `cpu_channels_last`
                     x = x.contiguous(memory_format=torch.channels_last
                                      if self.cfg.cpu_channels_last else torch.contiguous_format)
-                n = len(x)
-                if compiled is not None:
+                n, f = len(x), None
+                if compiled is not None and not (n < step and n <= self.cfg.eager_encoder_tail):
                     # One input shape, one compilation: the last chunk is padded (frames are
                     # independent under instance norm, so padding changes nothing).
                     padded = x if n == step else torch.cat(
@@ -565,7 +567,7 @@ class CoTracker3(nn.Module):
                         warnings.warn(f"torch.compile of the encoder failed, running it eagerly "
                                       f"({type(e).__name__}: {e})", stacklevel=2)
                         self.cfg.compile_encoder, compiled = False, None
-                if compiled is None:
+                if f is None:
                     f = self.fnet(x)
                 chunks.append(f / f.square().sum(1, keepdim=True).clamp_min(1e-12).sqrt())
         finally:
@@ -722,12 +724,8 @@ class CoTracker3(nn.Module):
         # The input layer is linear: its narrow inputs (visibility, confidence, motion) and
         # the time embedding go in for all points at once, then the correlations of each
         # chunk of points are added, so the wide (1110) input never exists whole.
-        if self.cfg.fused_embedding and embedding.available(embed.small):  # one GPU kernel
-            tokens = embedding.embed_narrow(track, vis, conf, embed.extent, embed.small,
-                                            embed.time_bias, self.cfg.num_freqs)
-        else:
-            small = narrow_inputs(track, vis, conf, embed.extent, self.cfg.num_freqs)
-            tokens = F.linear(small.to(dtype), embed.small) + embed.time_bias  # B N T C
+        small = narrow_inputs(track, vis, conf, embed.extent, self.cfg.num_freqs)
+        tokens = F.linear(small.to(dtype), embed.small) + embed.time_bias  # B N T C
         for n0 in range(0, N, chunk):
             part = slice(n0, n0 + chunk)
             hidden = self.correlate(pyramid, track[:, part], [s[:, part] for s in support],
