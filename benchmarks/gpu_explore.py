@@ -194,7 +194,7 @@ def alternate(case: dict, precision: str, arms: list[dict], rounds: int,
     cfg = tracker.model.cfg
 
     def owner(key: str) -> tuple[object, str]:
-        """'token_budget' is the model's config; 'attention.MANY_KEYS' a switch of the module
+        """'token_budget' is the model's config; 'attention.ENABLED' a switch of the module
         `pointtrack.models.attention`."""
         if "." not in key:
             return cfg, key
@@ -443,7 +443,7 @@ def main() -> int:
                    help="compare config overrides in one process, taking turns call by call: "
                         "--variants lists the arms, e.g. 'token_budget=65536,token_budget="
                         "131072' (one arm may set several: 'a=1+b=2'; '' is the defaults; "
-                        "'attention.MANY_KEYS=0' sets a switch of a pointtrack.models module)")
+                        "'attention.ENABLED=0' sets a switch of a pointtrack.models module)")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     if args.frames:

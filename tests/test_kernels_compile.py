@@ -79,25 +79,6 @@ def test_few_keys_attention_kernel_compiles():
     assert "wgmma" in ptx or "mma.sync" in ptx
 
 
-@pytest.mark.parametrize("split", [False, True])
-def test_many_keys_attention_kernels_compile(split):
-    ptx = _compile(
-        "_attention_kernel", "_many_keys_attention_kernel",
-        {**_pointers("q_ptr", "kv_ptr", "out_ptr"), **_pointers("acc_ptr", "stat_ptr",
-                                                                dtype="fp32"),
-         **_ints("num_queries", "num_keys", "keys_per_split", "stride_qb", "stride_q",
-                 "stride_kvb", "stride_kv", "stride_ob", "stride_out"), "scale": "fp32"},
-        {"HEADS": 8, "HEAD_DIM": 48, "BLOCK_D": 64, "BLOCK_Q": 64, "BLOCK_K": 64,
-         "SPLIT": split})
-    assert "wgmma" in ptx or "mma.sync" in ptx
-    ptx = _compile(
-        "_attention_kernel", "_merge_splits_kernel",
-        {**_pointers("out_ptr"), **_pointers("acc_ptr", "stat_ptr", dtype="fp32"),
-         **_ints("num_queries", "num_splits", "stride_ob", "stride_out")},
-        {"HEADS": 8, "HEAD_DIM": 48, "BLOCK_D": 64, "BLOCK_Q": 64})
-    assert "st.global" in ptx
-
-
 def test_correlation_kernel_compiles():
     ptx = _compile(
         "_corr_kernel", "_correlate_kernel",

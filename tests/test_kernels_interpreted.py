@@ -46,11 +46,6 @@ def test_few_keys_attention_kernel_matches_sdpa(M):
     _run("few_keys_attention", str(M))
 
 
-@pytest.mark.parametrize("splits", [1, 3])
-def test_many_keys_attention_kernel_matches_sdpa(splits):
-    _run("many_keys_attention", str(splits))
-
-
 def test_add_norm_kernel_matches_pytorch():
     _run("add_norm")
 
@@ -164,37 +159,6 @@ def check_few_keys_attention(M: str) -> None:
         assert "few_keys_attention takes" in str(e)
     else:
         raise AssertionError("129 keys were accepted")
-
-
-def check_many_keys_attention(splits: str) -> None:
-    import torch
-
-    from pointtrack.models import attention
-
-    g = torch.Generator().manual_seed(int(splits))
-    # 64 virtual tracks over a ragged number of points: the last key block (and with three
-    # splits the last split) is partly past the keys.
-    B, N, M = 3, 64, 333
-    q = torch.randn(B, N, 384, generator=g)
-    kv = torch.randn(B, M, 768, generator=g) * 2  # peaked softmax: rescaling must be exact
-    assert attention.many_keys_available(q, kv) is False  # fp32 keeps SDPA in the model
-    out = attention.many_keys_attention(q, kv, 8, 48, splits=int(splits))
-    _interpreted("_attention_kernel", "_many_keys_attention_kernel")
-    torch.testing.assert_close(out, _sdpa(q, kv), rtol=1e-4, atol=1e-4)
-    # Fewer queries than a tile; strided inputs (views of wider rows).
-    wide = torch.randn(B, 10, 500, generator=g)
-    out = attention.many_keys_attention(wide[..., :384], kv, 8, 48, splits=int(splits))
-    torch.testing.assert_close(out, _sdpa(wide[..., :384].contiguous(), kv), rtol=1e-4,
-                               atol=1e-4)
-    attention.MAX_GRID_Y = 1  # a launch per group, past the grid's limit on its third axis
-    assert torch.equal(attention.many_keys_attention(wide[..., :384], kv, 8, 48,
-                                                     splits=int(splits)), out)
-    try:
-        attention.many_keys_attention(torch.randn(B, 129, 384), kv, 8, 48)
-    except ValueError as e:
-        assert "many_keys_attention takes" in str(e)
-    else:
-        raise AssertionError("129 queries were accepted")
 
 
 def check_add_norm() -> None:

@@ -28,10 +28,8 @@ from . import corr_triton
 
 MAX_LEN = 128  # longest sequence `short_attention` takes (longer ones go to SDPA)
 MAX_KEYS = 128  # most keys `few_keys_attention` takes
-MAX_QUERIES = 128  # most queries `many_keys_attention` takes
 MAX_GRID_Y = 65535  # CUDA's limit on a grid's second and third axes
 ENABLED = os.environ.get("POINTTRACK_SHORT_ATTENTION", "1") != "0"
-MANY_KEYS = os.environ.get("POINTTRACK_MANY_KEYS_ATTENTION", "1") != "0"
 
 
 def _usable(q: Tensor) -> bool:
@@ -108,60 +106,4 @@ def few_keys_attention(q: Tensor, kv: Tensor, heads: int, head_dim: int,
             HEADS=heads, HEAD_DIM=head_dim, BLOCK_D=max(16, 1 << (head_dim - 1).bit_length()),
             BLOCK_Q=block_q, KP=max(16, 1 << (M - 1).bit_length()), num_warps=num_warps,
         )
-    return out
-
-
-def many_keys_available(q: Tensor, kv: Tensor) -> bool:
-    """Whether `many_keys_attention` runs for queries ``q (B, N, inner)`` over keys and values
-    ``kv (B, M, 2 * inner)``: `_usable`, N <= MAX_QUERIES < M, and not switched off."""
-    return MANY_KEYS and q.shape[1] <= MAX_QUERIES < kv.shape[1] and _usable(q)
-
-
-def many_keys_attention(q: Tensor, kv: Tensor, heads: int, head_dim: int,
-                        block_k: int = 64, splits: int | None = None,
-                        num_warps: int = 4) -> Tensor:
-    """Softmax attention of a few queries ``q (B, N <= MAX_QUERIES, heads * head_dim)`` over
-    many keys ``kv (B, M, 2 * heads * head_dim)`` (keys, then values) -> ``(B, N, heads *
-    head_dim)``, as `short_attention` computes it. The keys of a group are split over
-    ``splits`` programs (default: enough for ~1000 programs, at least 4 key blocks each),
-    merged exactly afterwards."""
-    from ._attention_kernel import _many_keys_attention_kernel, _merge_splits_kernel
-
-    B, N, inner = q.shape
-    M = kv.shape[1]
-    if N > MAX_QUERIES or kv.shape != (B, M, 2 * inner) or inner != heads * head_dim:
-        raise ValueError(f"many_keys_attention takes (B, N <= {MAX_QUERIES}, "
-                         f"{heads * head_dim}) queries and (B, M, {2 * heads * head_dim}) "
-                         f"keys/values, got {tuple(q.shape)}, {tuple(kv.shape)}")
-    if q.stride(2) != 1 or kv.stride(2) != 1:
-        q, kv = q.contiguous(), kv.contiguous()
-    blocks = -(-M // block_k)
-    if splits is None:
-        splits = max(1, min(blocks // 4, -(-1024 // (B * heads))))
-    splits = max(1, min(splits, blocks))
-    keys_per_split = -(-blocks // splits) * block_k
-    splits = -(-M // keys_per_split)  # none empty
-    block_q = max(16, 1 << (N - 1).bit_length())
-    block_d = max(16, 1 << (head_dim - 1).bit_length())
-    out = torch.empty(B, N, inner, device=q.device, dtype=q.dtype)
-    acc = stats = out  # unused without splits
-    if splits > 1:
-        acc = torch.empty(B, heads, splits, block_q, block_d, device=q.device,
-                          dtype=torch.float32)
-        stats = torch.empty(B, heads, splits, block_q, 2, device=q.device, dtype=torch.float32)
-    for b0 in range(0, B, MAX_GRID_Y):  # groups are the grid's third axis
-        b = slice(b0, b0 + MAX_GRID_Y)
-        nb = min(MAX_GRID_Y, B - b0)
-        _many_keys_attention_kernel[(heads, splits, nb)](
-            q[b], kv[b], out[b], acc[b], stats[b], N, M, keys_per_split,
-            q.stride(0), q.stride(1), kv.stride(0), kv.stride(1), out.stride(0), out.stride(1),
-            1.0 / math.sqrt(head_dim), HEADS=heads, HEAD_DIM=head_dim, BLOCK_D=block_d,
-            BLOCK_Q=block_q, BLOCK_K=block_k, SPLIT=splits > 1, num_warps=num_warps,
-        )
-        if splits > 1:
-            _merge_splits_kernel[(heads, nb)](
-                out[b], acc[b], stats[b], N, splits, out.stride(0), out.stride(1),
-                HEADS=heads, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_Q=block_q,
-                num_warps=num_warps,
-            )
     return out

@@ -74,8 +74,9 @@ class CoTracker3Config:
     # `instance_norm`.
     cpu_channels_last: bool = True
     # With the compiled CNN: a last chunk of at most this many frames runs eagerly instead of
-    # padded to the compiled shape (82 frames in chunks of 16 computed 96: 2% of a 480p call).
-    eager_encoder_tail: int = 4
+    # padded to the compiled shape (82 frames in chunks of 16 compute 96). Off: 2% off a 480p
+    # call on an H200, but its bf16 tracks moved further from fp32 (benchmarks/NOTES.md).
+    eager_encoder_tail: int = 0
 
     @property
     def patch(self) -> int:
@@ -354,10 +355,6 @@ class Attention(nn.Module):
             # The points reading the virtual tracks: all keys fit one tile.
             return self.to_out(attention.few_keys_attention(q, kv, self.num_heads,
                                                             self.head_dim))
-        if context is not None and attention.many_keys_available(q, kv):
-            # The virtual tracks reading every point: the keys split over programs.
-            return self.to_out(attention.many_keys_attention(q, kv, self.num_heads,
-                                                             self.head_dim))
 
         def heads(t: Tensor) -> Tensor:
             return t.reshape(B, t.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
