@@ -124,14 +124,34 @@ def ours(case: dict, frames_model: np.ndarray, state_dict: dict, precision: str,
     tracker = load_tracker(name, checkpoint=state_dict, device="cuda", **options)
     W, H = case["size"]
 
-    def run():
+    def run(frames: np.ndarray = frames_model):
         # Frames at model resolution; queries in source pixels of the (W, H) video.
         from pointtrack.video import Clip
 
-        clip = Clip(frames_model, np.arange(len(frames_model)), 30.0, (W, H))
+        clip = Clip(frames, np.arange(len(frames)), 30.0, (W, H))
         return tracker.track(clip, grid_size=case["grid"])
 
     return run
+
+
+def drift(case: dict, runs: dict, seeds: list[int]) -> dict:
+    """Each reduced-precision tracker's distance from the fp32 one (`agreement`) on the
+    moving texture of every seed, and the means over them. One clip's figures move with any
+    change of rounding (cuDNN picks its convolution algorithms per process: +-5% on a 480p
+    clip), so a guard compares means over clips. ``runs``: precision -> `ours`'s run."""
+    per_seed: dict = {precision: [] for precision in runs if precision != "fp32"}
+    for seed in seeds:
+        frames = resize_uint8(moving_texture(case["frames"], case["size"], seed), MODEL_SIZE)
+        reference = runs["fp32"](frames)
+        for precision in per_seed:
+            per_seed[precision].append({"seed": seed,
+                                        **agreement(runs[precision](frames), reference)})
+    result = {}
+    for precision, rows in per_seed.items():
+        means = {f"{k}_mean": float(np.mean([r[k] for r in rows]))
+                 for k in ("vs_fp32_median_px", "vs_fp32_p95_px", "vs_fp32_visible_agree")}
+        result[precision] = {**means, "drift_seeds": rows}
+    return result
 
 
 def official_predictor(case: dict, state_dict: dict, reference: Path, device: str = "cuda"):
@@ -265,6 +285,10 @@ def main(argv=None) -> int:
     p.add_argument("--e2e-precision", default="bf16",
                    help="comma-separated precisions of the end-to-end (file to tracks) rows; "
                         "'' for none")
+    p.add_argument("--drift-seeds", default="",
+                   help="comma-separated seeds of further clips: each reduced-precision model "
+                        "row also gets its drift from fp32 on each and the means (needs fp32 "
+                        "in --precision)")
     p.add_argument("--profile", action="store_true",
                    help="print where pointtrack's time and memory go on the first case")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/gpu.json")
@@ -297,12 +321,19 @@ def main(argv=None) -> int:
         if args.profile and not rows:
             profile(ours(case, frames_model, state_dict, args.precision.split(",")[0],
                          args.compile))
+        runs = {}
         for precision in args.precision.split(","):
-            results[f"pointtrack-{precision}"] = measure(
-                ours(case, frames_model, state_dict, precision, args.compile), args.repeats
-            )
+            runs[precision] = ours(case, frames_model, state_dict, precision, args.compile)
+            results[f"pointtrack-{precision}"] = measure(runs[precision], args.repeats)
             gc.collect()
             torch.cuda.empty_cache()
+        seeds = [int(x) for x in args.drift_seeds.split(",") if x]
+        if seeds and "fp32" in runs:
+            for precision, extra in drift(case, runs, seeds).items():
+                results[f"pointtrack-{precision}"].update(extra)
+        del runs
+        gc.collect()
+        torch.cuda.empty_cache()
         e2e = [x for x in args.e2e_precision.split(",") if x]
         if e2e:
             with tempfile.TemporaryDirectory(prefix="pointtrack-gpu-") as tmp:
@@ -370,6 +401,9 @@ def _row(row: dict) -> str:
         + (f" (+{row['graph_pool_gib']:.2f} GiB graph pool)" if row.get("graph_pool_gib") else "")
         + (f" {row['vs_fp32_median_px']:9.3f}/{row['vs_fp32_p95_px']:<10.3f}"
            f" {row['vs_fp32_visible_agree']:9.3f}" if "vs_fp32_median_px" in row else "")
+        + (f" (mean of {len(row['drift_seeds'])} clips: {row['vs_fp32_median_px_mean']:.3f}/"
+           f"{row['vs_fp32_p95_px_mean']:.3f} {row['vs_fp32_visible_agree_mean']:.4f})"
+           if "drift_seeds" in row else "")
     )
 
 

@@ -69,23 +69,32 @@ def tune_correlation(n: int = 336, T: int = 82) -> list[dict]:
         finally:
             corr_triton.CUDA_KERNEL = True
 
-    def cuda_kernel(frames_per_block, warps):
+    def cuda_kernel(frames_per_block, warps, paired=False):
         out = torch.empty(n, T, 4, corr_triton.ROW, device="cuda", dtype=torch.bfloat16)
         if not _corr_cuda.correlate_volumes(pyramid, xy.contiguous(), support, out, warps,
-                                            frames_per_block):
+                                            frames_per_block, paired):
             raise RuntimeError("the CUDA correlation kernel cannot run here")
         return out
 
+    def paired_kernel(frames_per_block, warps):
+        return cuda_kernel(frames_per_block, warps, True)
+
     configs = [("triton", triton_kernel, b, w) for b, w in ((1, 4), (2, 4), (4, 4), (2, 8))]
     configs += [("cuda", cuda_kernel, f, w) for f, w in ((16, 4), (32, 4), (32, 2), (32, 8))]
-    rows = []
+    configs += [("cuda-paired", paired_kernel, f, w) for f, w in ((16, 4), (32, 4), (32, 8))]
+    rows, first_cuda = [], None
     for kernel, fn, block, warps in configs:
-        volume = fn(block, warps)[:check, :, :, :2401].float()
+        full = fn(block, warps)
+        volume = full[:check, :, :, :2401].float()
+        if kernel.startswith("cuda") and first_cuda is None:
+            first_cuda = full
         ms = do_bench(lambda fn=fn, block=block, warps=warps: fn(block, warps),
                       return_mode="median")
         rows.append({"n": n, "T": T, "kernel": kernel, "frames_per_program": block,
                      "num_warps": warps, "ms": ms, "ns_per_row": ms * 1e6 / (n * T * 4),
-                     "mean_abs_error_vs_fp32": float((volume - reference).abs().mean())})
+                     "mean_abs_error_vs_fp32": float((volume - reference).abs().mean()),
+                     "equal_to_first_cuda": (bool(torch.equal(full, first_cuda))
+                                             if kernel.startswith("cuda") else None)})
         print(rows[-1], flush=True)
     return rows
 

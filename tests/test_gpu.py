@@ -74,6 +74,25 @@ def test_cuda_correlation_kernel_is_closer_to_float64_than_triton(monkeypatch):
         assert error[True] <= error[False], error
 
 
+@pytest.mark.parametrize("T,frames_per_block,warps", [(37, 16, 4), (82, 32, 4), (16, 32, 8),
+                                                      (3, 32, 4)])
+def test_paired_cuda_kernel_writes_the_single_warp_volumes_bit_for_bit(T, frames_per_block,
+                                                                       warps):
+    """A frame on two warps (half the query columns each, the window shared) sums the same
+    products in the same order as on one warp: the volumes are equal, padding included, for
+    blocks of frames that end short and pairs that get no frame."""
+    pyramid, support, xy = _random_case(torch.bfloat16, T=T, seed=2)
+    volumes = []
+    for paired in (False, True):
+        out = torch.full((xy.shape[0], T, 4, corr_triton.ROW), float("nan"), device="cuda",
+                         dtype=torch.bfloat16)
+        assert _corr_cuda.correlate_volumes(pyramid, xy.contiguous(), support, out, warps,
+                                            frames_per_block, paired)
+        volumes.append(out)
+    assert torch.isfinite(volumes[1].float()).all()
+    assert torch.equal(volumes[0], volumes[1])
+
+
 def _weights(model_class):
     from pointtrack.models.weights import synthetic_state_dict
 
@@ -211,8 +230,8 @@ for t in threading.enumerate():
         t.join()
 from pointtrack.models import _corr_cuda  # the thread compiled the CUDA kernel too
 arch = "sm_%d%d" % torch.cuda.get_device_capability()
-print(all(n in sys.modules for n in names)
-      and isinstance(_corr_cuda._cubins.get((arch, _corr_cuda.WARPS)), bytes))
+key = (arch, _corr_cuda.WARPS, bool(_corr_cuda.PAIRED))
+print(all(n in sys.modules for n in names) and isinstance(_corr_cuda._cubins.get(key), bytes))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()

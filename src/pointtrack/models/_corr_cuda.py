@@ -37,17 +37,27 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-WARPS = 4  # warps per block, each on its own frames (three blocks an SM: 168 registers)
+WARPS = 4  # warps per block
 FRAMES_PER_BLOCK = 32  # frames a block's warps take turns over (the query patch is read once)
 ROW = 2432  # a volume row: 49 x 49 values, zero-padded (corr_triton.ROW)
+# A frame on a pair of warps, each on half the query columns (126 registers: four blocks an
+# SM), or on one warp (168 registers: three blocks an SM).
+PAIRED = int(os.environ.get("POINTTRACK_CORR_PAIRED", "0"))
 
 
-def shared_bytes(warps: int) -> int:
-    """Query rows (49 + zero padding), and a warp's two 32-channel buffers of the 8 x 8 window
-    and its staged volume row."""
+def shared_bytes(warps: int, paired: bool = False) -> int:
+    """Query rows (49 + zero padding), and per warp (per pair if ``paired``) two (three)
+    32-channel buffers of the 8 x 8 window and a staged volume row."""
+    if paired:
+        return 56 * 256 + warps // 2 * (3 * 64 * 64 + ROW * 2)
     return 56 * 256 + warps * (2 * 64 * 64 + ROW * 2)
 
-SOURCE = r"""
+
+def min_blocks(warps: int, paired: bool = False) -> int:
+    """Blocks an SM the registers are budgeted for: 16 warps paired, 12 single."""
+    return max(1, (16 if paired else 12) // warps)
+
+HELPERS = r"""
 #define C 128
 #define ROW 2432
 #define STAGE (ROW * 2)  // a volume row in bytes, staged for whole 16-byte stores
@@ -81,6 +91,9 @@ __device__ __forceinline__ unsigned short to_bf16(float f) {
     return h;
 }
 
+"""
+
+SINGLE = r"""
 extern "C" __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS)
 pointtrack_correlate(const unsigned short* __restrict__ f0, const unsigned short* __restrict__ f1,
                      const unsigned short* __restrict__ f2, const unsigned short* __restrict__ f3,
@@ -225,6 +238,152 @@ pointtrack_correlate(const unsigned short* __restrict__ f0, const unsigned short
 }
 """
 
+PAIRED_KERNEL = r"""
+#define PAIRS (WARPS / 2)
+#define WIN (3 * 4096)  // three 4 KB buffers of 32 channels a pair
+
+extern "C" __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS)
+pointtrack_correlate(const unsigned short* __restrict__ f0, const unsigned short* __restrict__ f1,
+                     const unsigned short* __restrict__ f2, const unsigned short* __restrict__ f3,
+                     const unsigned short* __restrict__ q0, const unsigned short* __restrict__ q1,
+                     const unsigned short* __restrict__ q2, const unsigned short* __restrict__ q3,
+                     const float* __restrict__ xy, unsigned short* __restrict__ out,
+                     int T, int H, int W, int stride_xn, int stride_on, int stride_ot,
+                     int frames_per_block) {
+    extern __shared__ __align__(128) unsigned char smem[];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int pair = warp >> 1, half = warp & 1;
+    const int point = blockIdx.x, level = blockIdx.z;
+    const unsigned short* fmap = level == 0 ? f0 : level == 1 ? f1 : level == 2 ? f2 : f3;
+    const unsigned short* query = (level == 0 ? q0 : level == 1 ? q1 : level == 2 ? q2 : q3)
+                                  + (size_t)point * 49 * C;
+    const int Hl = H >> level, Wl = W >> level;
+    const float scale = 1.0f / (float)(1 << level);
+    unsigned char* qs = smem;
+    unsigned char* win = smem + 56 * 256 + pair * (WIN + STAGE);
+    unsigned short* stage = (unsigned short*)(win + WIN);
+    for (int i = threadIdx.x; i < 56 * 16; i += WARPS * 32) {
+        const int r = i >> 4, c = i & 15;
+        unsigned char* dst = qs + r * 256 + ((c ^ (r & 7)) << 4);
+        if (r < 49) cp_async16(smem_u32(dst), query + r * C + c * 8);
+        else *(uint4*)dst = make_uint4(0, 0, 0, 0);
+    }
+    cp_async_wait_all();
+    __syncthreads();
+    const unsigned q_base = smem_u32(qs), win_base = smem_u32(win);
+    const int g = lane >> 2, tq = (lane & 3) * 2;
+    const int lc = lane & 3;
+    const int t_end = min(T, (int)blockIdx.y * frames_per_block + frames_per_block);
+    struct Window { const unsigned short* row; int x0; float ax, ay; };
+    auto locate = [&](int t) {
+        const float* p = xy + (size_t)point * stride_xn + 2 * t;
+        const float cx = p[0] * scale, cy = p[1] * scale;
+        const float fx = floorf(cx), fy = floorf(cy);
+        const int y = min(max((int)fy - 3 + g, 0), Hl - 1);
+        return Window{fmap + ((size_t)t * Hl + y) * Wl * C + lc * 8, (int)fx - 3,
+                      cx - fx, cy - fy};
+    };
+    auto copy_chunk = [&](unsigned buf, const Window& w, int s) {  // half the rows a warp
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+            const int k = 4 * half + kk;
+            const int r = g + 8 * k, x = min(max(w.x0 + k, 0), Wl - 1);
+            cp_async16(buf + r * 64 + ((lc ^ ((r >> 1) & 3)) << 4),
+                       w.row + (size_t)x * C + s * 32);
+        }
+    };
+    auto commit = [] { asm volatile("cp.async.commit_group;\n" ::: "memory"); };
+    auto pair_sync = [&] { asm volatile("bar.sync %0, 64;\n" :: "r"(pair + 1) : "memory"); };
+    int t = blockIdx.y * frames_per_block + pair;
+    Window cur = t < t_end ? locate(t) : Window{nullptr, 0, 0.f, 0.f};
+    if (t < t_end) { copy_chunk(win_base, cur, 0); }
+    commit();
+    if (t < t_end) { copy_chunk(win_base + 4096, cur, 1); }
+    commit();
+    int c = 0;  // chunks so far: chunk c sits in buffer c % 3
+    for (; t < t_end; t += PAIRS) {
+        const bool more = t + PAIRS < t_end;
+        const Window next = more ? locate(t + PAIRS) : cur;
+        float acc[4][4][4];
+#pragma unroll
+        for (int m = 0; m < 4; ++m)
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) acc[m][j][e] = 0.f;
+#pragma unroll 1
+        for (int s = 0; s < 4; ++s, ++c) {
+            const unsigned buf = win_base + (c % 3) * 4096;
+            asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+            pair_sync();  // both halves of chunk c arrived; chunk c - 1's buffer is read
+            const unsigned nbuf = win_base + ((c + 2) % 3) * 4096;
+            if (s < 2) copy_chunk(nbuf, cur, s + 2);
+            else if (more) copy_chunk(nbuf, next, s - 2);
+            commit();
+#pragma unroll
+            for (int kl = 0; kl < 2; ++kl) {
+                unsigned a[4][4];
+#pragma unroll
+                for (int m = 0; m < 4; ++m) {
+                    const int r = m * 16 + (lane & 15), cc = kl * 2 + (lane >> 4);
+                    ldsm_x4(a[m], buf + r * 64 + ((cc ^ ((r >> 1) & 3)) << 4));
+                }
+#pragma unroll
+                for (int jj = 0; jj < 4; ++jj) {
+                    const int j = 4 * half + jj;
+                    if (j < 7) {
+                        unsigned b[2];
+                        const int r = j * 8 + (lane & 7), cc = (2 * s + kl) * 2 + ((lane >> 3) & 1);
+                        ldsm_x2(b, q_base + r * 256 + ((cc ^ (r & 7)) << 4));
+#pragma unroll
+                        for (int m = 0; m < 4; ++m) mma_bf16(acc[m][jj], a[m], b);
+                    }
+                }
+            }
+        }
+        const float ax = cur.ax, ay = cur.ay;
+#pragma unroll
+        for (int jj = 0; jj < 4; ++jj) {
+            const int j = 4 * half + jj;
+            if (j < 7) {
+#pragma unroll
+                for (int px = 0; px < 7; ++px) {
+                    const int m = px >> 1;
+                    float h0, h1;
+                    if (px & 1) {
+                        h0 = (1.f - ax) * acc[m][jj][2] + ax * acc[m + 1][jj][0];
+                        h1 = (1.f - ax) * acc[m][jj][3] + ax * acc[m + 1][jj][1];
+                    } else {
+                        h0 = (1.f - ax) * acc[m][jj][0] + ax * acc[m][jj][2];
+                        h1 = (1.f - ax) * acc[m][jj][1] + ax * acc[m][jj][3];
+                    }
+                    const float n0 = __shfl_down_sync(0xffffffffu, h0, 4);
+                    const float n1 = __shfl_down_sync(0xffffffffu, h1, 4);
+                    const int q = j * 8 + tq;
+                    if (g < 7) {
+                        const int at = (px * 7 + g) * 49 + q;
+                        if (q < 49) stage[at] = to_bf16((1.f - ay) * h0 + ay * n0);
+                        if (q + 1 < 49) stage[at + 1] = to_bf16((1.f - ay) * h1 + ay * n1);
+                    }
+                }
+            }
+        }
+        if (half == 0 && lane < ROW - 2401) stage[2401 + lane] = 0;
+        pair_sync();  // the pair's halves of the volume are staged
+        uint4* dst = (uint4*)(out + (size_t)point * stride_on + (size_t)t * stride_ot
+                              + level * ROW);
+        const uint4* src = (const uint4*)stage;
+        for (int i = lane + 32 * half; i < ROW * 2 / 16; i += 64) dst[i] = src[i];
+        // The next stage write comes after the next frame's first pair_sync, which both
+        // warps reach only after this copy.
+        cur = next;
+    }
+    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+}
+"""
+SOURCE = HELPERS + SINGLE
+PAIRED_SOURCE = HELPERS + PAIRED_KERNEL
+
 
 class _Library:
     """NVRTC and the CUDA driver, through ctypes (the functions used here only)."""
@@ -312,8 +471,9 @@ def _load_nvrtc() -> ctypes.CDLL:
 class _Kernel:
     """The compiled kernel on one device."""
 
-    def __init__(self, lib: _Library, cubin: bytes, device: torch.device, warps: int) -> None:
-        self.lib, self.warps, self.shared = lib, warps, shared_bytes(warps)
+    def __init__(self, lib: _Library, cubin: bytes, device: torch.device, warps: int,
+                 paired: bool = False) -> None:
+        self.lib, self.warps, self.shared = lib, warps, shared_bytes(warps, paired)
         with torch.cuda.device(device):
             # The device's primary context (PyTorch's), current on this thread: the runtime
             # makes it current lazily, so in a process that has not used the GPU yet it may
@@ -344,8 +504,8 @@ class _Kernel:
 
 
 _lock = threading.RLock()
-_cubins: dict[tuple[str, int], bytes | Exception] = {}
-_kernels: dict[tuple[int, int], _Kernel | None] = {}
+_cubins: dict[tuple[str, int, bool], bytes | Exception] = {}
+_kernels: dict[tuple[int, int, bool], _Kernel | None] = {}
 
 
 def _arch(device: torch.device) -> str | None:
@@ -353,16 +513,19 @@ def _arch(device: torch.device) -> str | None:
     return f"sm_{major}{minor}" if major >= 8 else None  # bf16 mma.sync: Ampere and later
 
 
-def compile_for(arch: str, warps: int | None = None) -> bytes:
+def compile_for(arch: str, warps: int | None = None, paired: bool | None = None) -> bytes:
     """The kernel's cubin for ``arch``, compiled once per process (CPU work only: safe on a
     thread while another captures CUDA graphs). Raises what compiling raised."""
     warps = warps or WARPS
-    key = (arch, warps)
+    paired = bool(PAIRED if paired is None else paired)
+    key = (arch, warps, paired)
     with _lock:
         if key not in _cubins:
             try:
-                defines = f"#define WARPS {warps}\n#define MIN_BLOCKS {max(1, 12 // warps)}\n"
-                _cubins[key] = _Library().compile(defines + SOURCE, arch)
+                defines = (f"#define WARPS {warps}\n"
+                           f"#define MIN_BLOCKS {min_blocks(warps, paired)}\n")
+                source = PAIRED_SOURCE if paired else SOURCE
+                _cubins[key] = _Library().compile(defines + source, arch)
             except Exception as e:  # kept: every later call raises it again, cheaply
                 _cubins[key] = e
         cubin = _cubins[key]
@@ -371,20 +534,22 @@ def compile_for(arch: str, warps: int | None = None) -> bytes:
     return cubin
 
 
-def kernel(device: torch.device, warps: int | None = None) -> _Kernel | None:
+def kernel(device: torch.device, warps: int | None = None,
+           paired: bool | None = None) -> _Kernel | None:
     """The kernel on ``device``, or None where it cannot run (no NVRTC, an older GPU, a
     failed compile)."""
     warps = warps or WARPS
+    paired = bool(PAIRED if paired is None else paired)
     index = device.index if device.index is not None else torch.cuda.current_device()
-    key = (index, warps)
+    key = (index, warps, paired)
     if key not in _kernels:
         with _lock:
             if key not in _kernels:
                 try:
                     at = torch.device("cuda", index)
                     arch = _arch(at)
-                    _kernels[key] = (None if arch is None
-                                     else _Kernel(_Library(), compile_for(arch, warps), at, warps))
+                    _kernels[key] = (None if arch is None else _Kernel(
+                        _Library(), compile_for(arch, warps, paired), at, warps, paired))
                 except Exception as e:  # the Triton kernel does the work instead
                     logging.getLogger(__name__).info("CUDA correlation kernel unavailable: %s", e)
                     _kernels[key] = None
@@ -392,7 +557,8 @@ def kernel(device: torch.device, warps: int | None = None) -> _Kernel | None:
 
 
 def correlate_volumes(pyramid: list[Tensor], xy: Tensor, support: list[Tensor], out: Tensor,
-                      warps: int | None = None, frames_per_block: int | None = None) -> bool:
+                      warps: int | None = None, frames_per_block: int | None = None,
+                      paired: bool | None = None) -> bool:
     """Writes `corr_triton.correlate_volumes`'s volumes into ``out (n, T, 4, ROW)`` and returns
     True, or returns False (nothing written) where this kernel cannot run. bf16 tensors,
     contiguous, 128 channels."""
@@ -402,7 +568,7 @@ def correlate_volumes(pyramid: list[Tensor], xy: Tensor, support: list[Tensor], 
     sizes = [T, H, W, xy.stride(0), out.stride(0), out.stride(1), frames]
     if max(sizes) >= 2**31:  # the kernel takes 32-bit sizes (offsets are 64-bit inside)
         return False
-    run = kernel(xy.device, warps)
+    run = kernel(xy.device, warps, paired)
     if run is None:
         return False
     with torch.cuda.device(xy.device):
