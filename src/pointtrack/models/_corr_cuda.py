@@ -15,6 +15,13 @@ product row ``8 * px + py``, a product's x neighbour is in the same thread and i
 four lanes up (one shuffle). A block's warps share the query patch; volumes leave through
 a warp's own staging space in shared memory as whole 16-byte stores.
 
+`PAIRED` puts each frame on two warps instead, each taking half the query columns (4 and 3
+of the 7 product tiles) of a window both copy half of and read whole: 126 registers instead
+of 168, so 16 warps share an SM instead of 12, with three window buffers a pair (one named
+barrier a chunk: both halves of this chunk arrived, and the previous chunk's buffer is read
+and takes the chunk two ahead). Each
+product sums the same terms in the same order, so the volumes are equal bit for bit.
+
 bf16 only, on GPUs with bf16 tensor cores (compute capability 8.0 and up). Compiled once per
 process with NVRTC (which PyTorch's CUDA wheels ship; ~0.6 s, so the cubin is kept in
 ``~/.cache/pointtrack/kernels`` for later processes) and launched through the CUDA driver with
