@@ -71,11 +71,12 @@ def measure(fn, repeats: int) -> dict:
     during it (weights, and what a tracker keeps between calls, such as the online model's
     captured CUDA graph and its pool, included; the allocator's cache emptied first),
     ``graph_pool_gib`` the captured graphs' pools alone (`graph_pools`: ``peak_gib`` plus this
-    is what a call needs beyond the weights and what it was given); ``output`` is the
-    warm-up run's result."""
+    is what a call needs beyond the weights and what it was given); ``sm_clock_mhz`` the GPU's
+    SM clock read after each run (`sm_clock_mhz`), to tell a slow GPU from a slow host;
+    ``output`` is the warm-up run's result."""
     output = fn()  # warm-up: kernels, allocator, autotuning
     torch.cuda.synchronize()
-    times = []
+    times, clocks = [], []
     peak = reserved = 0
     for _ in range(repeats):
         gc.collect()
@@ -87,11 +88,28 @@ def measure(fn, repeats: int) -> dict:
         fn()
         torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
+        clocks.append(sm_clock_mhz())
         peak = max(peak, torch.cuda.max_memory_allocated() - base)
         reserved = max(reserved, torch.cuda.max_memory_reserved())
     return {"seconds": float(np.median(times)), "peak_gib": peak / 2**30,
             "reserved_gib": reserved / 2**30, "graph_pool_gib": graph_pools() / 2**30,
-            "runs": times, "output": output}
+            "runs": times, "sm_clock_mhz": clocks, "output": output}
+
+
+def sm_clock_mhz() -> int | None:
+    """The current GPU's SM clock (nvidia-smi; None where it cannot be read). Sessions 21-23
+    saw a process's calls shift by ~25 ms partway through a run, with the GPU time of the
+    refinement unchanged: the clock at each run says whether the GPU was the one slowing."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=clocks.sm", "--format=csv,noheader,nounits",
+             "-i", str(torch.cuda.current_device())],
+            capture_output=True, text=True, timeout=10, check=True).stdout
+        return int(out.split()[0])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
 
 
 def graph_pools() -> int:
