@@ -30,6 +30,29 @@ def test_track_happy_path_writes_all_outputs(make_video, tmp_path):
     assert (info.width, info.height, info.num_frames) == (160, 120, 6)
 
 
+def test_outputs_get_the_usual_file_mode_and_an_overwritten_file_keeps_its_own(make_video,
+                                                                              tmp_path):
+    """Outputs are written to a private temp file (mkstemp: 0600) and renamed: without a
+    chmod every tracks file, CSV and render came out readable by their owner only."""
+    import os
+    import stat
+
+    path, _ = make_video(num_frames=6, size=(96, 64), fps=10)
+    out, csv_path, mp4 = tmp_path / "t.npz", tmp_path / "t.csv", tmp_path / "r.mp4"
+    mask = os.umask(0o022)
+    os.umask(mask)
+    r = run_cli("track", path, "--grid-size", 2, "--out", out, "--csv", csv_path,
+                "--render", mp4)
+    assert r.returncode == 0, r.stderr
+    for written in (out, csv_path, mp4):
+        assert stat.S_IMODE(written.stat().st_mode) == 0o666 & ~mask, written
+    os.chmod(out, 0o640)
+    r = run_cli("track", path, "--grid-size", 3, "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert Tracks.load(out).xy.shape[1] == 9  # replaced ...
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640  # ... with its mode kept
+
+
 def test_queries_file_uses_source_frame_numbers(make_video, tmp_path):
     path, _ = make_video(num_frames=12, size=(160, 120), step=(2, 1))
     qfile = tmp_path / "q.csv"

@@ -10,6 +10,7 @@ import csv
 import json
 import os
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -255,6 +256,25 @@ class atomic_path:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
+            # mkstemp makes the file private (0600); the result gets the mode a plain open()
+            # would give it (the file it replaces keeps its own), so outputs stay readable by
+            # whoever could read the folder: the FiftyOne App's server, a shared dataset.
+            try:
+                mode = self.path.stat().st_mode & 0o7777
+            except FileNotFoundError:
+                mode = 0o666 & ~_umask()
+            os.chmod(self.tmp, mode)
             os.replace(self.tmp, self.path)
         else:
             self.tmp.unlink(missing_ok=True)
+
+
+_umask_lock = threading.Lock()
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it: done under a lock, restored at once)."""
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
