@@ -539,6 +539,31 @@ def test_cli_create_track_list(video_dir, capsys):
         fo.delete_dataset(name)
 
 
+def test_cli_names_a_failed_sample_in_one_warning_line(tmp_path, capsys):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    textured_video(videos / "good.mp4", seed=0)
+    broken = videos / "broken.mp4"
+    broken.write_bytes(b"not a video at all")
+    name = new_name()
+    code, _, _ = run_cli(capsys, "dataset", "create", str(videos), "--name", name)
+    assert code == 0
+    try:
+        code, out, err = run_cli(capsys, "dataset", "track", name, "--engine", "lk",
+                                 "--grid-size", "3")
+        assert code == 1  # some samples failed: not success, not a usage error
+        assert "1 tracked" in out and "1 failed" in out
+        bad = ptf.load_dataset(name).match({"filepath": str(broken)}).first()
+        # The warning (written through tqdm, around the bar) names the sample and the file,
+        # once, in the CLI's one-line form.
+        lines = [x.strip("\r ") for x in err.replace("\r", "\n").splitlines()
+                 if "warning:" in x]
+        assert lines == [f"pointtrack: warning: {bad.id}: {broken}: not a readable video "
+                         "(Invalid data found when processing input)"], err
+    finally:
+        fo.delete_dataset(name)
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

@@ -76,6 +76,20 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"pointtrack: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
+class _LogLine(logging.Handler):
+    """The library's warnings (a dataset sample that failed, a process that died) as one CLI
+    line each, written through tqdm so that a progress bar on the terminal is not cut."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            text = " ".join(self.format(record).split())
+            tqdm.write(f"pointtrack: {record.levelname.lower()}: {text}", file=sys.stderr)
+        except Exception:  # noqa: BLE001 -- logging must not raise
+            self.handleError(record)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
     # The bundled mongod 6.0 draws a deprecation notice on every connection: keep the CLI's
@@ -86,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    log = logging.getLogger("pointtrack")
+    handler = _LogLine(logging.WARNING)
+    log.addHandler(handler)  # removed again: callers of main() keep their own logging
     try:
         with warnings.catch_warnings():  # restores showwarning for callers of main()
             warnings.showwarning = _one_line_warning
@@ -103,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pointtrack: interrupted", file=sys.stderr)
         return 130
+    finally:
+        log.removeHandler(handler)
 
 
 if __name__ == "__main__":

@@ -185,7 +185,10 @@ class _Run:
         if isinstance(e, RunAborted):
             raise e
         message = e if isinstance(e, str) else error_message(e)
-        logger.warning("%s (%s): %s", job.key, job.path, message)
+        if message.startswith(f"{job.path}:"):  # the video layer's errors name the file
+            logger.warning("%s: %s", job.key, message)
+        else:
+            logger.warning("%s (%s): %s", job.key, job.path, message)
         try:
             self.work.fail(job, message)
         except Exception as e2:  # noqa: BLE001 -- the failure itself is still reported
