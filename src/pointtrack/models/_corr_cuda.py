@@ -98,6 +98,62 @@ __device__ __forceinline__ unsigned short to_bf16(float f) {
     return h;
 }
 
+// Both kernels: the query patch to shared memory, where frame t's window starts, and the
+// blend of one product column (8 queries) into the staged volume row.
+
+// Query rows of 256 bytes (128 channels); 16-byte chunk c of row r sits at chunk
+// c ^ (r & 7), so the 8 rows an ldmatrix reads fall in different banks. 56 rows, 49 used.
+__device__ __forceinline__ void load_query(unsigned char* qs, const unsigned short* query) {
+    for (int i = threadIdx.x; i < 56 * 16; i += WARPS * 32) {
+        const int r = i >> 4, c = i & 15;
+        unsigned char* dst = qs + r * 256 + ((c ^ (r & 7)) << 4);
+        if (r < 49) cp_async16(smem_u32(dst), query + r * C + c * 8);
+        else *(uint4*)dst = make_uint4(0, 0, 0, 0);
+    }
+    cp_async_wait_all();
+    __syncthreads();
+}
+
+// Where frame t's window starts: its feature row for this lane (window row y0 + g,
+// clamped: border padding), its first column and the bilinear weights.
+struct Window { const unsigned short* row; int x0; float ax, ay; };
+__device__ __forceinline__ Window locate(const float* track, int t, float scale,
+                                         const unsigned short* fmap, int Hl, int Wl, int g,
+                                         int lc) {
+    const float* p = track + 2 * t;
+    const float cx = p[0] * scale, cy = p[1] * scale;
+    const float fx = floorf(cx), fy = floorf(cy);
+    const int y = min(max((int)fy - 3 + g, 0), Hl - 1);
+    return Window{fmap + ((size_t)t * Hl + y) * Wl * C + lc * 8, (int)fx - 3, cx - fx, cy - fy};
+}
+
+// acc[m][jj][0..1]: pixel (px = 2m, py = g), queries 8j + tq + {0, 1}; acc[m][jj][2..3]:
+// pixel (2m + 1, g). Blend along x in the thread, along y by a shuffle.
+template <int NJ>
+__device__ __forceinline__ void blend_column(const float (&acc)[4][NJ][4], int jj, int j,
+                                             float ax, float ay, int g, int tq,
+                                             unsigned short* stage) {
+#pragma unroll
+    for (int px = 0; px < 7; ++px) {
+        const int m = px >> 1;
+        float h0, h1;
+        if (px & 1) {
+            h0 = (1.f - ax) * acc[m][jj][2] + ax * acc[m + 1][jj][0];
+            h1 = (1.f - ax) * acc[m][jj][3] + ax * acc[m + 1][jj][1];
+        } else {
+            h0 = (1.f - ax) * acc[m][jj][0] + ax * acc[m][jj][2];
+            h1 = (1.f - ax) * acc[m][jj][1] + ax * acc[m][jj][3];
+        }
+        const float n0 = __shfl_down_sync(0xffffffffu, h0, 4);
+        const float n1 = __shfl_down_sync(0xffffffffu, h1, 4);
+        const int q = j * 8 + tq;
+        if (g < 7) {
+            const int at = (px * 7 + g) * 49 + q;
+            if (q < 49) stage[at] = to_bf16((1.f - ay) * h0 + ay * n0);
+            if (q + 1 < 49) stage[at + 1] = to_bf16((1.f - ay) * h1 + ay * n1);
+        }
+    }
+}
 """
 
 SINGLE = r"""
@@ -117,33 +173,15 @@ pointtrack_correlate(const unsigned short* __restrict__ f0, const unsigned short
                                   + (size_t)point * 49 * C;
     const int Hl = H >> level, Wl = W >> level;
     const float scale = 1.0f / (float)(1 << level);
-    // Query rows of 256 bytes (128 channels); 16-byte chunk c of row r sits at chunk
-    // c ^ (r & 7), so the 8 rows an ldmatrix reads fall in different banks.
-    unsigned char* qs = smem;  // 56 query rows (49 used)
+    unsigned char* qs = smem;  // the query rows (`load_query`)
     unsigned char* win = smem + 56 * 256 + warp * 8192;  // two 4 KB window buffers
-    for (int i = threadIdx.x; i < 56 * 16; i += WARPS * 32) {
-        const int r = i >> 4, c = i & 15;
-        unsigned char* dst = qs + r * 256 + ((c ^ (r & 7)) << 4);
-        if (r < 49) cp_async16(smem_u32(dst), query + r * C + c * 8);
-        else *(uint4*)dst = make_uint4(0, 0, 0, 0);
-    }
-    cp_async_wait_all();
-    __syncthreads();
+    load_query(qs, query);
     const unsigned q_base = smem_u32(qs), win_base = smem_u32(win);
     const int g = lane >> 2, tq = (lane & 3) * 2;
     const int lc = lane & 3;  // the 16-byte piece of a row this lane copies: rows g + 8k
     const int t_end = min(T, (int)blockIdx.y * frames_per_block + frames_per_block);
-    // Where frame t's window starts: its feature row for this lane (window row y0 + g,
-    // clamped: border padding), its first column and the bilinear weights.
-    struct Window { const unsigned short* row; int x0; float ax, ay; };
-    auto locate = [&](int t) {
-        const float* p = xy + (size_t)point * stride_xn + 2 * t;
-        const float cx = p[0] * scale, cy = p[1] * scale;
-        const float fx = floorf(cx), fy = floorf(cy);
-        const int y = min(max((int)fy - 3 + g, 0), Hl - 1);
-        return Window{fmap + ((size_t)t * Hl + y) * Wl * C + lc * 8, (int)fx - 3,
-                      cx - fx, cy - fy};
-    };
+    const float* track = xy + (size_t)point * stride_xn;
+    auto window = [&](int t) { return locate(track, t, scale, fmap, Hl, Wl, g, lc); };
     // The window's channels go in four chunks of 32 through two buffers, always two chunks
     // in flight: while chunk s is multiplied, chunk s + 1 is on its way, and the copy two
     // ahead (chunks 2 and 3, then the next frame's 0 and 1) starts as soon as a buffer is
@@ -163,14 +201,14 @@ pointtrack_correlate(const unsigned short* __restrict__ f0, const unsigned short
     };
     auto commit = [] { asm volatile("cp.async.commit_group;\n" ::: "memory"); };
     int t = blockIdx.y * frames_per_block + warp;
-    Window cur = t < t_end ? locate(t) : Window{nullptr, 0, 0.f, 0.f};
+    Window cur = t < t_end ? window(t) : Window{nullptr, 0, 0.f, 0.f};
     if (t < t_end) { copy_chunk(win_base, cur, 0); }
     commit();
     if (t < t_end) { copy_chunk(win_base + 4096, cur, 1); }
     commit();
     for (; t < t_end; t += WARPS) {
         const bool more = t + WARPS < t_end;
-        const Window next = more ? locate(t + WARPS) : cur;  // read early: its latency hides
+        const Window next = more ? window(t + WARPS) : cur;  // read early: its latency hides
         float acc[4][7][4];
 #pragma unroll
         for (int m = 0; m < 4; ++m)
@@ -205,33 +243,9 @@ pointtrack_correlate(const unsigned short* __restrict__ f0, const unsigned short
             else if (more) copy_chunk(buf, next, s - 2);
             commit();
         }
-        const float ax = cur.ax, ay = cur.ay;
-        // acc[m][j][0..1]: pixel (px = 2m, py = g), queries 8j + tq + {0, 1};
-        // acc[m][j][2..3]: pixel (2m + 1, g). Blend along x in the thread, along y by a shuffle.
         unsigned short* stage = (unsigned short*)(smem + 56 * 256 + WARPS * 8192 + warp * STAGE);
 #pragma unroll
-        for (int j = 0; j < 7; ++j) {
-#pragma unroll
-            for (int px = 0; px < 7; ++px) {
-                const int m = px >> 1;
-                float h0, h1;
-                if (px & 1) {
-                    h0 = (1.f - ax) * acc[m][j][2] + ax * acc[m + 1][j][0];
-                    h1 = (1.f - ax) * acc[m][j][3] + ax * acc[m + 1][j][1];
-                } else {
-                    h0 = (1.f - ax) * acc[m][j][0] + ax * acc[m][j][2];
-                    h1 = (1.f - ax) * acc[m][j][1] + ax * acc[m][j][3];
-                }
-                const float n0 = __shfl_down_sync(0xffffffffu, h0, 4);
-                const float n1 = __shfl_down_sync(0xffffffffu, h1, 4);
-                const int q = j * 8 + tq;
-                if (g < 7) {
-                    const int at = (px * 7 + g) * 49 + q;
-                    if (q < 49) stage[at] = to_bf16((1.f - ay) * h0 + ay * n0);
-                    if (q + 1 < 49) stage[at + 1] = to_bf16((1.f - ay) * h1 + ay * n1);
-                }
-            }
-        }
+        for (int j = 0; j < 7; ++j) blend_column(acc, j, j, cur.ax, cur.ay, g, tq, stage);
         if (lane < ROW - 2401) stage[2401 + lane] = 0;
         __syncwarp();
         uint4* dst = (uint4*)(out + (size_t)point * stride_on + (size_t)t * stride_ot
@@ -269,27 +283,13 @@ pointtrack_correlate(const unsigned short* __restrict__ f0, const unsigned short
     unsigned char* qs = smem;
     unsigned char* win = smem + 56 * 256 + pair * (WIN + STAGE);
     unsigned short* stage = (unsigned short*)(win + WIN);
-    for (int i = threadIdx.x; i < 56 * 16; i += WARPS * 32) {
-        const int r = i >> 4, c = i & 15;
-        unsigned char* dst = qs + r * 256 + ((c ^ (r & 7)) << 4);
-        if (r < 49) cp_async16(smem_u32(dst), query + r * C + c * 8);
-        else *(uint4*)dst = make_uint4(0, 0, 0, 0);
-    }
-    cp_async_wait_all();
-    __syncthreads();
+    load_query(qs, query);
     const unsigned q_base = smem_u32(qs), win_base = smem_u32(win);
     const int g = lane >> 2, tq = (lane & 3) * 2;
     const int lc = lane & 3;
     const int t_end = min(T, (int)blockIdx.y * frames_per_block + frames_per_block);
-    struct Window { const unsigned short* row; int x0; float ax, ay; };
-    auto locate = [&](int t) {
-        const float* p = xy + (size_t)point * stride_xn + 2 * t;
-        const float cx = p[0] * scale, cy = p[1] * scale;
-        const float fx = floorf(cx), fy = floorf(cy);
-        const int y = min(max((int)fy - 3 + g, 0), Hl - 1);
-        return Window{fmap + ((size_t)t * Hl + y) * Wl * C + lc * 8, (int)fx - 3,
-                      cx - fx, cy - fy};
-    };
+    const float* track = xy + (size_t)point * stride_xn;
+    auto window = [&](int t) { return locate(track, t, scale, fmap, Hl, Wl, g, lc); };
     auto copy_chunk = [&](unsigned buf, const Window& w, int s) {  // half the rows a warp
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) {
@@ -302,7 +302,7 @@ pointtrack_correlate(const unsigned short* __restrict__ f0, const unsigned short
     auto commit = [] { asm volatile("cp.async.commit_group;\n" ::: "memory"); };
     auto pair_sync = [&] { asm volatile("bar.sync %0, 64;\n" :: "r"(pair + 1) : "memory"); };
     int t = blockIdx.y * frames_per_block + pair;
-    Window cur = t < t_end ? locate(t) : Window{nullptr, 0, 0.f, 0.f};
+    Window cur = t < t_end ? window(t) : Window{nullptr, 0, 0.f, 0.f};
     if (t < t_end) { copy_chunk(win_base, cur, 0); }
     commit();
     if (t < t_end) { copy_chunk(win_base + 4096, cur, 1); }
@@ -310,7 +310,7 @@ pointtrack_correlate(const unsigned short* __restrict__ f0, const unsigned short
     int c = 0;  // chunks so far: chunk c sits in buffer c % 3
     for (; t < t_end; t += PAIRS) {
         const bool more = t + PAIRS < t_end;
-        const Window next = more ? locate(t + PAIRS) : cur;
+        const Window next = more ? window(t + PAIRS) : cur;
         float acc[4][4][4];
 #pragma unroll
         for (int m = 0; m < 4; ++m)
@@ -348,32 +348,10 @@ pointtrack_correlate(const unsigned short* __restrict__ f0, const unsigned short
                 }
             }
         }
-        const float ax = cur.ax, ay = cur.ay;
 #pragma unroll
         for (int jj = 0; jj < 4; ++jj) {
             const int j = 4 * half + jj;
-            if (j < 7) {
-#pragma unroll
-                for (int px = 0; px < 7; ++px) {
-                    const int m = px >> 1;
-                    float h0, h1;
-                    if (px & 1) {
-                        h0 = (1.f - ax) * acc[m][jj][2] + ax * acc[m + 1][jj][0];
-                        h1 = (1.f - ax) * acc[m][jj][3] + ax * acc[m + 1][jj][1];
-                    } else {
-                        h0 = (1.f - ax) * acc[m][jj][0] + ax * acc[m][jj][2];
-                        h1 = (1.f - ax) * acc[m][jj][1] + ax * acc[m][jj][3];
-                    }
-                    const float n0 = __shfl_down_sync(0xffffffffu, h0, 4);
-                    const float n1 = __shfl_down_sync(0xffffffffu, h1, 4);
-                    const int q = j * 8 + tq;
-                    if (g < 7) {
-                        const int at = (px * 7 + g) * 49 + q;
-                        if (q < 49) stage[at] = to_bf16((1.f - ay) * h0 + ay * n0);
-                        if (q + 1 < 49) stage[at + 1] = to_bf16((1.f - ay) * h1 + ay * n1);
-                    }
-                }
-            }
+            if (j < 7) blend_column(acc, jj, j, cur.ax, cur.ay, g, tq, stage);
         }
         if (half == 0 && lane < ROW - 2401) stage[2401 + lane] = 0;
         pair_sync();  // the pair's halves of the volume are staged
