@@ -151,10 +151,24 @@ def instance_norm(norm: nn.InstanceNorm2d, x: Tensor, relu: bool = False,
     else:
         y = norm(x)
     if relu:
-        F.relu_(y)
+        relu_(y)
     if skip is not None:
-        F.relu_(y.add_(skip))
+        relu_(y.add_(skip))
     return y
+
+
+def relu_(x: Tensor) -> Tensor:
+    """``F.relu_``; on CPU in bf16/fp16 as a clamp of the bits read as int16.
+
+    PyTorch's CPU kernels compute a 16-bit float ReLU in fp32 and round back: 12 ms for 25M
+    values on this project's 2-core VM, against 1 ms for the int16 clamp (the sign is the top
+    bit, and a positive float's bits order as its value). Bit for bit the same, except that a
+    NaN with its sign bit set becomes 0.
+    """
+    if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16):
+        x.view(torch.int16).clamp_min_(0)
+        return x
+    return F.relu_(x)
 
 
 class FeatureEncoder(nn.Module):
