@@ -627,6 +627,33 @@ def test_cpu_bf16_norm_keeps_channels_last_on_small_and_large_maps(size):
     assert (got.float() - want).abs().max() < 0.03  # bf16 rounding of values up to ~4
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_cpu_relu_on_the_bits_equals_pytorchs(dtype):
+    """The CNN's ReLU on CPU (16-bit floats: an int16 clamp of their bits) is in place and
+    gives PyTorch's values for every finite and infinite value, subnormals and signed zeros
+    included, on channels-last and on strided tensors."""
+    from pointtrack.models import cotracker3 as m
+
+    torch.manual_seed(0)
+    info = torch.finfo(dtype)
+    special = [0.0, -0.0, info.tiny / 4, -info.tiny / 4, info.max, -info.max,
+               float("inf"), float("-inf"), 1.0, -1.0]
+    values = torch.randn(2 * 8 * 16 * 16) * 100
+    values[: len(special)] = torch.tensor(special)
+    x = values.to(dtype).reshape(2, 16, 16, 8).permute(0, 3, 1, 2)  # channels-last
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    for view in (lambda t: t, lambda t: t[:, ::2, 1:, :-3]):
+        want = torch.nn.functional.relu(view(x))
+        y = x.clone()
+        got = view(y)
+        assert m.relu_(got) is got
+        assert torch.equal(got, want)  # -0.0 == 0.0 here: the sign of a zero may differ
+        assert not (got < 0).any()
+        outside, base = y.clone(), x.clone()
+        view(outside).zero_(), view(base).zero_()
+        assert torch.equal(outside, base)  # nothing outside the view changed
+
+
 def test_cpu_bf16_mlp_gelu_in_the_epilogue_is_nearer_fp32(monkeypatch):
     """oneDNN's linear with the GELU in its epilogue (bf16 on CPU, inference) is at least as
     close to fp32 as the separate GELU; without the op, the separate GELU runs."""
