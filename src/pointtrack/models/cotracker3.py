@@ -563,9 +563,14 @@ class CoTracker3(nn.Module):
             for i in range(0, B * T, step):
                 x = frames[i : i + step] / 255.0 * 2 - 1
                 x = x.to(self.fnet.conv1.weight.dtype)  # a model converted to bf16 takes bf16
-                if not x.is_cuda and x.dtype != torch.float32:  # see `cpu_channels_last`
+                if not x.is_cuda:
+                    # The frames come channels-last (permuted from (T, H, W, 3)). bf16/fp16:
+                    # see `cpu_channels_last`. fp32 runs channels-first, from the stem on: a
+                    # channels-last stem writes channels-last, which the instance norm then
+                    # copies (3% of an fp32 call on 2 cores; the same features).
                     x = x.contiguous(memory_format=torch.channels_last
-                                     if self.cfg.cpu_channels_last else torch.contiguous_format)
+                                     if x.dtype != torch.float32 and self.cfg.cpu_channels_last
+                                     else torch.contiguous_format)
                 n, f = len(x), None
                 if compiled is not None and not (n < step and n <= self.cfg.eager_encoder_tail):
                     # One input shape, one compilation: the last chunk is padded (frames are
