@@ -289,6 +289,36 @@ def test_fused_encoder_norms_are_as_close_to_fp32_as_eager_bf16(monkeypatch):
     assert error["fused"] <= 1.05 * error["eager"], error
 
 
+def test_channels_first_stem_takes_the_fused_norm(monkeypatch):
+    """Frames reach the encoder channels-last (permuted from (T, H, W, 3)); with
+    `gpu_stem_channels_first` the stem's norm runs in `norm_act` too (one more call) and the
+    features stay as close to fp32's."""
+    from pointtrack.models import norm_act
+
+    model = CoTracker3Offline()
+    model.load_state_dict(_weights(CoTracker3Offline))
+    model = model.cuda().eval()
+    g = torch.Generator(device="cuda").manual_seed(0)
+    video = (torch.rand(1, 4, 384, 512, 3, device="cuda", generator=g) * 255).round()
+    video = video.permute(0, 1, 4, 2, 3)  # (B, T, 3, H, W), channels-last as the engines pass it
+    calls = []
+    fused = norm_act.norm_act
+    monkeypatch.setattr(norm_act, "norm_act", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    with torch.inference_mode():
+        reference = model.encode(video)
+        model.bfloat16()
+        out = {}
+        for first in (False, True):
+            model.cfg.gpu_stem_channels_first = first
+            calls.clear()
+            out[first] = model.encode(video)
+            out[first, "calls"] = len(calls)
+    assert out[True, "calls"] == out[False, "calls"] + 1
+    error = [float((a.float() - b).abs().mean()) for first in (False, True)
+             for a, b in zip(out[first][:1], reference[:1], strict=True)]
+    assert error[1] <= 1.05 * error[0], error
+
+
 def test_fused_bf16_tracks_match_pytorch_path(monkeypatch):
     weights = _weights(CoTracker3Offline)
     video = _video()

@@ -73,6 +73,10 @@ class CoTracker3Config:
     # copies each and the resizes run 9x faster (encoder -20% on 2 cores). Not fp32: see
     # `instance_norm`.
     cpu_channels_last: bool = True
+    # On GPU the frames reach the stem channels-last (permuted from (T, H, W, 3)), so cuDNN's
+    # stem writes channels-last and its norm misses the fused kernel (`norm_act` takes
+    # channels-first). True: a channels-first stem. Off until timed on a GPU (NOTES, s25).
+    gpu_stem_channels_first: bool = False
     # With the compiled CNN: a last chunk of at most this many frames runs eagerly instead of
     # padded to the compiled shape (82 frames in chunks of 16 compute 96). Off: 2% off a 480p
     # call on an H200, but its bf16 tracks moved further from fp32 (benchmarks/NOTES.md).
@@ -571,6 +575,8 @@ class CoTracker3(nn.Module):
                     x = x.contiguous(memory_format=torch.channels_last
                                      if x.dtype != torch.float32 and self.cfg.cpu_channels_last
                                      else torch.contiguous_format)
+                elif self.cfg.gpu_stem_channels_first:
+                    x = x.contiguous()
                 n, f = len(x), None
                 if compiled is not None and not (n < step and n <= self.cfg.eager_encoder_tail):
                     # One input shape, one compilation: the last chunk is padded (frames are
