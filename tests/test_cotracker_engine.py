@@ -652,6 +652,10 @@ def test_cpu_relu_on_the_bits_equals_pytorchs(dtype):
         outside, base = y.clone(), x.clone()
         view(outside).zero_(), view(base).zero_()
         assert torch.equal(outside, base)  # nothing outside the view changed
+    if dtype != torch.float32:  # where autograd records, PyTorch's op (it has a gradient)
+        w = torch.randn(10, dtype=dtype, requires_grad=True)
+        m.relu_(w * 1).sum().backward()
+        assert torch.equal(w.grad, (w > 0).to(dtype))
 
 
 def test_cpu_bf16_mlp_gelu_in_the_epilogue_is_nearer_fp32(monkeypatch):
