@@ -406,6 +406,10 @@ def test_bf16_is_close_to_fp32(offline_weights, offline):
     tracks = bf16.track(video, queries=q)
     assert tracks.xy.dtype == np.float32 and tracks.options["precision"] == "bf16"
     assert 0 < np.abs(tracks.xy - fp32.xy).max() < 2.0  # px of the 32x24 video
+    # On CPU the bf16 CNN runs channels-last, its weights too (no per-call weight copies).
+    convs = [m for m in bf16.model.fnet.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    assert not offline.model.fnet.conv2.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.skipif(not fast_cpu_precision("bf16"),

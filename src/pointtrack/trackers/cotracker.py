@@ -307,6 +307,10 @@ class _CoTracker3Engine(Tracker):
                 self._model.cfg.encoder_chunk = 2
                 self._model.cfg.corr_budget = 2**24
                 self._model.cfg.token_budget = 2**14
+                if dtype != torch.float32 and self._model.cfg.cpu_channels_last:
+                    # The CNN runs channels-last there (`cpu_channels_last`): its weights too,
+                    # or every convolution copies its weight into that layout on every call.
+                    self._model.fnet.to(memory_format=torch.channels_last)
             if self.device.type == "cuda":
                 # The virtual tracks' attention over the points runs 15x faster batched over
                 # 16 frames than frame by frame on an H100 (64 queries fill few of its cores).
