@@ -98,8 +98,33 @@ __device__ __forceinline__ unsigned short to_bf16(float f) {
     return h;
 }
 
-// Both kernels: the query patch to shared memory, where frame t's window starts, and the
-// blend of one product column (8 queries) into the staged volume row.
+// Both kernels: their arguments, the block's pyramid level, the query patch to shared
+// memory, where frame t's window starts, and the blend of one product column (8 queries) into
+// the staged volume row.
+
+// The pyramid's four levels (T, H >> l, W >> l, C) and their query patches (N, 49, C), bf16;
+// the tracks (N, T, 2) in level-0 pixels; the volumes (see `correlate_volumes`).
+#define CORRELATE_ARGS                                                                        \
+    const unsigned short* __restrict__ f0, const unsigned short* __restrict__ f1,             \
+    const unsigned short* __restrict__ f2, const unsigned short* __restrict__ f3,             \
+    const unsigned short* __restrict__ q0, const unsigned short* __restrict__ q1,             \
+    const unsigned short* __restrict__ q2, const unsigned short* __restrict__ q3,             \
+    const float* __restrict__ xy, unsigned short* __restrict__ out,                           \
+    int T, int H, int W, int stride_xn, int stride_on, int stride_ot, int frames_per_block
+
+// The block's level (blockIdx.z): its feature map, the block's point's query rows, its size
+// and its scale from level-0 pixels.
+struct Level { const unsigned short* fmap; const unsigned short* query; int H, W; float scale; };
+__device__ __forceinline__ Level block_level(
+        const unsigned short* f0, const unsigned short* f1, const unsigned short* f2,
+        const unsigned short* f3, const unsigned short* q0, const unsigned short* q1,
+        const unsigned short* q2, const unsigned short* q3, int H, int W) {
+    const int level = blockIdx.z;
+    const unsigned short* fmap = level == 0 ? f0 : level == 1 ? f1 : level == 2 ? f2 : f3;
+    const unsigned short* query = level == 0 ? q0 : level == 1 ? q1 : level == 2 ? q2 : q3;
+    return Level{fmap, query + (size_t)blockIdx.x * 49 * C, H >> level, W >> level,
+                 1.0f / (float)(1 << level)};
+}
 
 // Query rows of 256 bytes (128 channels); 16-byte chunk c of row r sits at chunk
 // c ^ (r & 7), so the 8 rows an ldmatrix reads fall in different banks. 56 rows, 49 used.
@@ -117,14 +142,14 @@ __device__ __forceinline__ void load_query(unsigned char* qs, const unsigned sho
 // Where frame t's window starts: its feature row for this lane (window row y0 + g,
 // clamped: border padding), its first column and the bilinear weights.
 struct Window { const unsigned short* row; int x0; float ax, ay; };
-__device__ __forceinline__ Window locate(const float* track, int t, float scale,
-                                         const unsigned short* fmap, int Hl, int Wl, int g,
+__device__ __forceinline__ Window locate(const float* track, int t, const Level& lv, int g,
                                          int lc) {
     const float* p = track + 2 * t;
-    const float cx = p[0] * scale, cy = p[1] * scale;
+    const float cx = p[0] * lv.scale, cy = p[1] * lv.scale;
     const float fx = floorf(cx), fy = floorf(cy);
-    const int y = min(max((int)fy - 3 + g, 0), Hl - 1);
-    return Window{fmap + ((size_t)t * Hl + y) * Wl * C + lc * 8, (int)fx - 3, cx - fx, cy - fy};
+    const int y = min(max((int)fy - 3 + g, 0), lv.H - 1);
+    return Window{lv.fmap + ((size_t)t * lv.H + y) * lv.W * C + lc * 8, (int)fx - 3, cx - fx,
+                  cy - fy};
 }
 
 // acc[m][jj][0..1]: pixel (px = 2m, py = g), queries 8j + tq + {0, 1}; acc[m][jj][2..3]:
@@ -158,30 +183,20 @@ __device__ __forceinline__ void blend_column(const float (&acc)[4][NJ][4], int j
 
 SINGLE = r"""
 extern "C" __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS)
-pointtrack_correlate(const unsigned short* __restrict__ f0, const unsigned short* __restrict__ f1,
-                     const unsigned short* __restrict__ f2, const unsigned short* __restrict__ f3,
-                     const unsigned short* __restrict__ q0, const unsigned short* __restrict__ q1,
-                     const unsigned short* __restrict__ q2, const unsigned short* __restrict__ q3,
-                     const float* __restrict__ xy, unsigned short* __restrict__ out,
-                     int T, int H, int W, int stride_xn, int stride_on, int stride_ot,
-                     int frames_per_block) {
+pointtrack_correlate(CORRELATE_ARGS) {
     extern __shared__ __align__(128) unsigned char smem[];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int point = blockIdx.x, level = blockIdx.z;
-    const unsigned short* fmap = level == 0 ? f0 : level == 1 ? f1 : level == 2 ? f2 : f3;
-    const unsigned short* query = (level == 0 ? q0 : level == 1 ? q1 : level == 2 ? q2 : q3)
-                                  + (size_t)point * 49 * C;
-    const int Hl = H >> level, Wl = W >> level;
-    const float scale = 1.0f / (float)(1 << level);
+    const Level lv = block_level(f0, f1, f2, f3, q0, q1, q2, q3, H, W);
     unsigned char* qs = smem;  // the query rows (`load_query`)
     unsigned char* win = smem + 56 * 256 + warp * 8192;  // two 4 KB window buffers
-    load_query(qs, query);
+    load_query(qs, lv.query);
     const unsigned q_base = smem_u32(qs), win_base = smem_u32(win);
     const int g = lane >> 2, tq = (lane & 3) * 2;
     const int lc = lane & 3;  // the 16-byte piece of a row this lane copies: rows g + 8k
     const int t_end = min(T, (int)blockIdx.y * frames_per_block + frames_per_block);
     const float* track = xy + (size_t)point * stride_xn;
-    auto window = [&](int t) { return locate(track, t, scale, fmap, Hl, Wl, g, lc); };
+    auto window = [&](int t) { return locate(track, t, lv, g, lc); };
     // The window's channels go in four chunks of 32 through two buffers, always two chunks
     // in flight: while chunk s is multiplied, chunk s + 1 is on its way, and the copy two
     // ahead (chunks 2 and 3, then the next frame's 0 and 1) starts as soon as a buffer is
@@ -194,7 +209,7 @@ pointtrack_correlate(const unsigned short* __restrict__ f0, const unsigned short
     auto copy_chunk = [&](unsigned buf, const Window& w, int s) {  // this lane's pieces
 #pragma unroll
         for (int k = 0; k < 8; ++k) {
-            const int r = g + 8 * k, x = min(max(w.x0 + k, 0), Wl - 1);
+            const int r = g + 8 * k, x = min(max(w.x0 + k, 0), lv.W - 1);
             cp_async16(buf + r * 64 + ((lc ^ ((r >> 1) & 3)) << 4),
                        w.row + (size_t)x * C + s * 32);
         }
@@ -264,37 +279,27 @@ PAIRED_KERNEL = r"""
 #define WIN (3 * 4096)  // three 4 KB buffers of 32 channels a pair
 
 extern "C" __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS)
-pointtrack_correlate(const unsigned short* __restrict__ f0, const unsigned short* __restrict__ f1,
-                     const unsigned short* __restrict__ f2, const unsigned short* __restrict__ f3,
-                     const unsigned short* __restrict__ q0, const unsigned short* __restrict__ q1,
-                     const unsigned short* __restrict__ q2, const unsigned short* __restrict__ q3,
-                     const float* __restrict__ xy, unsigned short* __restrict__ out,
-                     int T, int H, int W, int stride_xn, int stride_on, int stride_ot,
-                     int frames_per_block) {
+pointtrack_correlate(CORRELATE_ARGS) {
     extern __shared__ __align__(128) unsigned char smem[];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int pair = warp >> 1, half = warp & 1;
     const int point = blockIdx.x, level = blockIdx.z;
-    const unsigned short* fmap = level == 0 ? f0 : level == 1 ? f1 : level == 2 ? f2 : f3;
-    const unsigned short* query = (level == 0 ? q0 : level == 1 ? q1 : level == 2 ? q2 : q3)
-                                  + (size_t)point * 49 * C;
-    const int Hl = H >> level, Wl = W >> level;
-    const float scale = 1.0f / (float)(1 << level);
+    const Level lv = block_level(f0, f1, f2, f3, q0, q1, q2, q3, H, W);
     unsigned char* qs = smem;
     unsigned char* win = smem + 56 * 256 + pair * (WIN + STAGE);
     unsigned short* stage = (unsigned short*)(win + WIN);
-    load_query(qs, query);
+    load_query(qs, lv.query);
     const unsigned q_base = smem_u32(qs), win_base = smem_u32(win);
     const int g = lane >> 2, tq = (lane & 3) * 2;
     const int lc = lane & 3;
     const int t_end = min(T, (int)blockIdx.y * frames_per_block + frames_per_block);
     const float* track = xy + (size_t)point * stride_xn;
-    auto window = [&](int t) { return locate(track, t, scale, fmap, Hl, Wl, g, lc); };
+    auto window = [&](int t) { return locate(track, t, lv, g, lc); };
     auto copy_chunk = [&](unsigned buf, const Window& w, int s) {  // half the rows a warp
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) {
             const int k = 4 * half + kk;
-            const int r = g + 8 * k, x = min(max(w.x0 + k, 0), Wl - 1);
+            const int r = g + 8 * k, x = min(max(w.x0 + k, 0), lv.W - 1);
             cp_async16(buf + r * 64 + ((lc ^ ((r >> 1) & 3)) << 4),
                        w.row + (size_t)x * C + s * 32);
         }
